@@ -1,0 +1,213 @@
+"""The `kollm` command line: parse, call one library function, print. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kollm.errors import KollmError
+
+app = typer.Typer(
+    name="kollm",
+    help="Release Korean LLMs: merge LoRA adapters, export GGUF, verify, publish.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+# Piped output (CI logs, `| tee`) gets a wide table instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True)
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1024 or unit == "TB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return str(size)
+
+
+@app.command()
+def release(
+    spec: Annotated[Path, typer.Argument(help="Release spec (YAML), e.g. release/ko-tiny.yaml.")],
+    output_dir: Annotated[
+        Path | None, typer.Option("--output-dir", "-o", help="Override output_dir.")
+    ] = None,
+    publish: Annotated[
+        str | None, typer.Option(help="Override the publish target, e.g. local:./registry.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Merge, export, verify and publish a release described by SPEC."""
+    from kollm.config import load_release_spec
+    from kollm.release.pipeline import run_release
+
+    loaded = load_release_spec(spec, {"output_dir": output_dir, "publish": publish})
+    result = run_release(loaded, spec_path=spec, show_progress=not as_json)
+    if as_json:
+        rows = [vars(r) for r in result.rows]
+        out.print_json(
+            json.dumps(
+                {"manifest": str(result.manifest_path), "artifacts": rows, "published": result.published}
+            )
+        )
+        return
+    table = Table(title=f"kollm release {loaded.name}  ({result.seconds:.1f} s)")
+    for column in ("artifact", "file", "size", "seconds", "check"):
+        table.add_column(column, justify="right" if column in ("size", "seconds") else "left")
+    for row in result.rows:
+        table.add_row(row.artifact, Path(row.path).name, _human(row.size), f"{row.seconds:.2f}", row.check)
+    out.print(table)
+    out.print(f"manifest: {result.manifest_path}")
+    for repo in result.published:
+        out.print(f"published: {repo}")
+
+
+@app.command()
+def merge(
+    base: Annotated[Path, typer.Argument(help="Base model directory (HF safetensors).")],
+    adapters: Annotated[list[Path], typer.Argument(help="LoRA adapter directories, applied in order.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the merged checkpoint.")],
+    shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 2GB or 500MB.")] = "2GB",
+    allow_pickle: Annotated[bool, typer.Option(help="Accept pickle (.bin) checkpoints.")] = False,
+) -> None:
+    """Merge LoRA adapters into a base model, streaming shard by shard (bounded memory)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeElapsedColumn
+
+    from kollm.release import merge as merge_stage
+
+    cfg = merge_stage.MergeConfig(max_shard_bytes=_parse_size(shard_size), allow_pickle=allow_pickle)
+    with Progress("merge", BarColumn(), DownloadColumn(), TimeElapsedColumn(), console=err) as progress:
+        task = progress.add_task("merge", total=None)
+        result = merge_stage.run(
+            cfg,
+            base=base,
+            adapters=adapters,
+            out_dir=output,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    out.print(
+        f"merged {len(adapters)} adapter(s) into {result.merged_tensors} tensors"
+        f" ({result.replaced_tensors} replaced) in {result.seconds:.1f} s → {output}"
+    )
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="Merged HF model directory.")],
+    gguf_types: Annotated[
+        str, typer.Option("--gguf", help="Comma-separated GGUF types, e.g. f16,q8_0,q4_k_m.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the GGUF files.")],
+    name: Annotated[
+        str | None, typer.Option(help="File name stem (default: the model directory's name).")
+    ] = None,
+    pre_tokenizer: Annotated[
+        str | None, typer.Option(help="llama.cpp pre-tokenizer (default: derived).")
+    ] = None,
+    llama_cpp_dir: Annotated[
+        Path | None, typer.Option(help="llama.cpp checkout whose converter to use.")
+    ] = None,
+    verify: Annotated[bool, typer.Option(help="Check every file against the HF model.")] = True,
+) -> None:
+    """Export GGUF files with llama.cpp's converter and quantizer, then verify them."""
+    from kollm.config import DEFAULT_VERIFY_PROMPTS, GGUF_FLOAT_TYPES, ExportsSpec, format_validation_errors
+    from kollm.errors import SpecError
+    from kollm.release import gguf, verify_gguf
+
+    try:
+        types = ExportsSpec(gguf=[t.strip() for t in gguf_types.split(",") if t.strip()]).gguf
+    except Exception as e:  # pydantic.ValidationError
+        raise SpecError("--gguf", format_validation_errors(e)) from e  # type: ignore[arg-type]
+    cfg = gguf.GgufConfig(
+        name=name or model.resolve().name,
+        types=types,
+        pre_tokenizer=pre_tokenizer,
+        llama_cpp_dir=llama_cpp_dir,
+    )
+    with err.status("converting with llama.cpp"):
+        result = gguf.run(cfg, model_dir=model, out_dir=output, work_dir=output / ".work")
+    reference = verify_gguf.hf_reference(model, DEFAULT_VERIFY_PROMPTS) if verify else None
+    table = Table(title=f"GGUF export (pre-tokenizer {result.pre_tokenizer}, {result.converter})")
+    for column in ("file", "size", "seconds", "tensor types", "check"):
+        table.add_column(column)
+    for item in result.files:
+        verdict = "not verified"
+        if reference is not None:
+            atol = 0.05 if item.gguf_type in GGUF_FLOAT_TYPES and item.gguf_type != "bf16" else None
+            check = verify_gguf.check_gguf(item.path, reference, atol=atol)
+            verdict = f"ok, Δlogit {check.max_logit_diff:.3f}, top-1 {check.top1_agreement:.0%}"
+        types_text = ", ".join(f"{k}×{v}" for k, v in sorted(item.tensor_types.items()))
+        table.add_row(
+            item.path.name, _human(item.path.stat().st_size), f"{item.seconds:.2f}", types_text, verdict
+        )
+    out.print(table)
+
+
+@app.command()
+def doctor(
+    prepare: Annotated[bool, typer.Option(help="Also fetch and cache the llama.cpp converter.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show what is installed and usable: torch, CUDA, llama.cpp converter, vLLM, lm-eval …"""
+    from kollm.doctor import collect
+
+    report = collect(prepare=prepare)
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    table = Table(title="kollm doctor")
+    table.add_column("component")
+    table.add_column("status")
+    table.add_column("detail")
+    for item in report["components"]:
+        colour = {"ok": "green", "missing": "yellow", "error": "red"}.get(item["status"], "white")
+        table.add_row(item["name"], f"[{colour}]{item['status']}[/{colour}]", item["detail"])
+    out.print(table)
+
+
+def _parse_size(text: str) -> int:
+    units = {"KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4, "B": 1}
+    upper = text.strip().upper()
+    for unit, factor in units.items():
+        if upper.endswith(unit) and upper[: -len(unit)].strip().replace(".", "", 1).isdigit():
+            return int(float(upper[: -len(unit)]) * factor)
+    if upper.isdigit():
+        return int(upper)
+    raise KollmError(
+        f"--shard-size '{text}' is not a size.", hint="Use a number with a unit, e.g. 2GB or 500MB."
+    )
+
+
+def _print_error(e: KollmError) -> None:
+    err.print(f"[bold red]error:[/bold red] {e.message}", highlight=False, soft_wrap=True)
+    if e.hint:
+        err.print(f"[dim]→[/dim] {e.hint}", highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    """Console entry point: map KollmError to a message and its exit code, never a traceback."""
+    try:
+        code = app(standalone_mode=False)
+    except KollmError as e:
+        _print_error(e)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        err.print("interrupted")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted; re-run the same command to resume")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

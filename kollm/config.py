@@ -1,0 +1,171 @@
+"""Typed specs read from YAML. Every field's description doubles as CLI help.
+
+Relative paths in a spec are resolved against the current working directory, like the CLI's own arguments.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kollm.errors import SpecError
+
+# llama.cpp file types kollm can produce: the converter writes the float ones, llama_model_quantize the rest.
+GGUF_FLOAT_TYPES = ("f32", "f16", "bf16")
+GGUF_QUANT_TYPES = ("q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k")
+GGUF_TYPES = GGUF_FLOAT_TYPES + GGUF_QUANT_TYPES
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+DEFAULT_VERIFY_PROMPTS = [
+    "대한민국의 수도는",
+    "오늘 날씨가 좋아서 공원에 산책을 나갔다.",
+    "인공지능 모델을 배포할 때 가장 중요한 것은",
+    "김치찌개를 맛있게 끓이는 방법을 알려 주세요.",
+]
+
+
+class ExportsSpec(BaseModel):
+    """Which artifacts a release produces."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    safetensors: bool = Field(True, description="Write the merged model as HF safetensors shards.")
+    gguf: list[str] = Field(
+        default_factory=list,
+        description=f"GGUF file types for llama.cpp/Ollama, any of: {', '.join(GGUF_TYPES)}.",
+    )
+
+    @field_validator("gguf")
+    @classmethod
+    def _known_gguf_types(cls, value: list[str]) -> list[str]:
+        normalised = [v.lower() for v in value]
+        for name in normalised:
+            if name not in GGUF_TYPES:
+                raise ValueError(_unknown_choice(name, GGUF_TYPES, "GGUF type"))
+        if len(set(normalised)) != len(normalised):
+            raise ValueError("a GGUF type is listed twice")
+        return normalised
+
+
+class VerifySpec(BaseModel):
+    """How exported artifacts are checked against the merged model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_VERIFY_PROMPTS),
+        description="Korean prompts whose next-token logits are compared between HF and the f16 GGUF.",
+        min_length=1,
+    )
+    f16_logits_atol: float = Field(
+        0.05,
+        gt=0,
+        description="Largest allowed |logit difference| between the merged HF model and the f16 GGUF. "
+        "f16 rounding of weights and activations gives ~0.01 on small models.",
+    )
+
+
+class ReleaseSpec(BaseModel):
+    """A release: which base and adapters, what to export, where to publish."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Release name; used for file and repo names (letters, digits, . _ -).")
+    base: str = Field(
+        description="Base model: a local HF directory, a Hub id, or fixture:ko-tiny (the demo model)."
+    )
+    base_revision: str | None = Field(None, description="Hub revision (commit or tag) of the base; pin it.")
+    adapters: list[str] = Field(
+        default_factory=list,
+        description="LoRA adapter directories, merged in this order (e.g. CPT, then SFT, then DPO).",
+    )
+    exports: ExportsSpec = Field(default_factory=ExportsSpec, description="Artifacts to produce.")
+    gguf_pre_tokenizer: str | None = Field(
+        None,
+        description="llama.cpp pre-tokenizer name; by default kollm derives it from tokenizer.json.",
+    )
+    publish: str | None = Field(None, description="Where to publish: local:<dir>. Leave empty to only build.")
+    output_dir: Path | None = Field(None, description="Where artifacts go; default out/<name>.")
+    trust_remote_code: bool = Field(
+        False, description="Allow model code from the base repo to run. Off by default."
+    )
+    allow_pickle: bool = Field(False, description="Accept pickle (.bin) checkpoints. Off: safetensors only.")
+    verify: VerifySpec = Field(default_factory=VerifySpec, description="Checks run on every export.")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError("use letters, digits, '.', '_' or '-' (at most 96 characters)")
+        return value
+
+    @field_validator("publish")
+    @classmethod
+    def _valid_target(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("local:"):
+            raise ValueError("publish target must look like local:<dir>")
+        if value == "local:":
+            raise ValueError("local: needs a directory, e.g. local:./registry")
+        return value
+
+    @property
+    def out_dir(self) -> Path:
+        return self.output_dir if self.output_dir is not None else Path("out") / self.name
+
+
+def _unknown_choice(name: str, known: tuple[str, ...], what: str) -> str:
+    from difflib import get_close_matches
+
+    close = get_close_matches(name, known, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return f"unknown {what} '{name}'.{hint} Known: {', '.join(known)}"
+
+
+def format_validation_errors(err: ValidationError) -> list[str]:
+    """Turn pydantic's errors into 'field.path: message' strings (extra keys named as unknown)."""
+    problems = []
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{where}'")
+        elif item["type"] == "missing":
+            problems.append(f"'{where}' is required")
+        else:
+            msg = item["msg"].removeprefix("Value error, ")
+            problems.append(f"'{where}': {msg}")
+    return problems
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning syntax errors and non-mappings into a SpecError naming the line."""
+    if not path.is_file():
+        raise SpecError(path, ["the file does not exist"])
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise SpecError(path, [f"{where}YAML syntax error ({problem})"]) from e
+    if not isinstance(data, dict):
+        raise SpecError(path, ["the top level must be a mapping of field: value"])
+    return data
+
+
+def load_release_spec(path: Path, overrides: dict[str, Any] | None = None) -> ReleaseSpec:
+    """Load and validate a release spec; ``overrides`` (from CLI flags) replace top-level fields.
+
+    Raises:
+        SpecError: listing every problem in the file at once.
+    """
+    data = read_yaml(path)
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return ReleaseSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(path, format_validation_errors(e)) from e

