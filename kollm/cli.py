@@ -39,12 +39,8 @@ def _human(size: int) -> str:
 @app.command()
 def release(
     spec: Annotated[Path, typer.Argument(help="Release spec (YAML), e.g. release/ko-tiny.yaml.")],
-    output_dir: Annotated[
-        Path | None, typer.Option("--output-dir", "-o", help="Override output_dir.")
-    ] = None,
-    publish: Annotated[
-        str | None, typer.Option(help="Override the publish target, e.g. local:./registry.")
-    ] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Override output_dir.")] = None,
+    publish: Annotated[str | None, typer.Option(help="Override the publish target, e.g. local:./registry.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Merge, export, verify and publish a release described by SPEC."""
@@ -56,9 +52,7 @@ def release(
     if as_json:
         rows = [vars(r) for r in result.rows]
         out.print_json(
-            json.dumps(
-                {"manifest": str(result.manifest_path), "artifacts": rows, "published": result.published}
-            )
+            json.dumps({"manifest": str(result.manifest_path), "artifacts": rows, "published": result.published})
         )
         return
     table = Table(title=f"kollm release {loaded.name}  ({result.seconds:.1f} s)")
@@ -104,19 +98,11 @@ def merge(
 @app.command()
 def export(
     model: Annotated[Path, typer.Argument(help="Merged HF model directory.")],
-    gguf_types: Annotated[
-        str, typer.Option("--gguf", help="Comma-separated GGUF types, e.g. f16,q8_0,q4_k_m.")
-    ],
+    gguf_types: Annotated[str, typer.Option("--gguf", help="Comma-separated GGUF types, e.g. f16,q8_0,q4_k_m.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the GGUF files.")],
-    name: Annotated[
-        str | None, typer.Option(help="File name stem (default: the model directory's name).")
-    ] = None,
-    pre_tokenizer: Annotated[
-        str | None, typer.Option(help="llama.cpp pre-tokenizer (default: derived).")
-    ] = None,
-    llama_cpp_dir: Annotated[
-        Path | None, typer.Option(help="llama.cpp checkout whose converter to use.")
-    ] = None,
+    name: Annotated[str | None, typer.Option(help="File name stem (default: the model directory's name).")] = None,
+    pre_tokenizer: Annotated[str | None, typer.Option(help="llama.cpp pre-tokenizer (default: derived).")] = None,
+    llama_cpp_dir: Annotated[Path | None, typer.Option(help="llama.cpp checkout whose converter to use.")] = None,
     verify: Annotated[bool, typer.Option(help="Check every file against the HF model.")] = True,
 ) -> None:
     """Export GGUF files with llama.cpp's converter and quantizer, then verify them."""
@@ -147,9 +133,7 @@ def export(
             check = verify_gguf.check_gguf(item.path, reference, atol=atol)
             verdict = f"ok, Δlogit {check.max_logit_diff:.3f}, top-1 {check.top1_agreement:.0%}"
         types_text = ", ".join(f"{k}×{v}" for k, v in sorted(item.tensor_types.items()))
-        table.add_row(
-            item.path.name, _human(item.path.stat().st_size), f"{item.seconds:.2f}", types_text, verdict
-        )
+        table.add_row(item.path.name, _human(item.path.stat().st_size), f"{item.seconds:.2f}", types_text, verdict)
     out.print(table)
 
 
@@ -183,9 +167,7 @@ def _parse_size(text: str) -> int:
             return int(float(upper[: -len(unit)]) * factor)
     if upper.isdigit():
         return int(upper)
-    raise KollmError(
-        f"--shard-size '{text}' is not a size.", hint="Use a number with a unit, e.g. 2GB or 500MB."
-    )
+    raise KollmError(f"--shard-size '{text}' is not a size.", hint="Use a number with a unit, e.g. 2GB or 500MB.")
 
 
 def _print_error(e: KollmError) -> None:

@@ -76,9 +76,7 @@ class ReleaseSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Release name; used for file and repo names (letters, digits, . _ -).")
-    base: str = Field(
-        description="Base model: a local HF directory, a Hub id, or fixture:ko-tiny (the demo model)."
-    )
+    base: str = Field(description="Base model: a local HF directory, a Hub id, or fixture:ko-tiny (the demo model).")
     base_revision: str | None = Field(None, description="Hub revision (commit or tag) of the base; pin it.")
     adapters: list[str] = Field(
         default_factory=list,
@@ -91,9 +89,7 @@ class ReleaseSpec(BaseModel):
     )
     publish: str | None = Field(None, description="Where to publish: local:<dir>. Leave empty to only build.")
     output_dir: Path | None = Field(None, description="Where artifacts go; default out/<name>.")
-    trust_remote_code: bool = Field(
-        False, description="Allow model code from the base repo to run. Off by default."
-    )
+    trust_remote_code: bool = Field(False, description="Allow model code from the base repo to run. Off by default.")
     allow_pickle: bool = Field(False, description="Accept pickle (.bin) checkpoints. Off: safetensors only.")
     verify: VerifySpec = Field(default_factory=VerifySpec, description="Checks run on every export.")
 

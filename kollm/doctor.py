@@ -40,9 +40,7 @@ def _converter_row(prepare: bool) -> dict[str, str]:
     except KollmError as e:
         return _row("llama.cpp converter", "error", e.message)
     if found is None:
-        return _row(
-            "llama.cpp converter", "missing", "fetched on first GGUF export, or now: kollm doctor --prepare"
-        )
+        return _row("llama.cpp converter", "missing", "fetched on first GGUF export, or now: kollm doctor --prepare")
     return _row("llama.cpp converter", "ok", f"{found.origin} at {found.root}")
 
 
@@ -69,9 +67,7 @@ def collect(*, prepare: bool = False) -> dict[str, Any]:
         ("llmcompressor", "GPTQ W4A16 export"),
     ):
         version = _version(dist)
-        rows.append(
-            _row(dist, "ok" if version else "missing", f"{version} — {purpose}" if version else purpose)
-        )
+        rows.append(_row(dist, "ok" if version else "missing", f"{version} — {purpose}" if version else purpose))
     if _version("llama-cpp-python"):
         rows.append(_converter_row(prepare))
     rows.append(_vllm_row())

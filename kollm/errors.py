@@ -124,9 +124,7 @@ class ToolMissingError(KollmError):
 
     def __init__(self, tool: str, *, install: str) -> None:
         self.tool = tool
-        super().__init__(
-            f"{tool} is not installed, and this step needs it.", hint=f"Install it with: {install}"
-        )
+        super().__init__(f"{tool} is not installed, and this step needs it.", hint=f"Install it with: {install}")
 
 
 class ConverterError(KollmError):

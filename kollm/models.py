@@ -15,7 +15,9 @@ from typing import Any
 from kollm.errors import PreTokenizerError
 
 # The split regexes as they appear in tokenizer.json for each family.
-_QWEN2_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _LLAMA3_REGEX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 # (split regexes in order, ByteLevel applies the GPT-2 regex itself) -> llama.cpp pre-tokenizer name
@@ -75,17 +77,13 @@ def resolve_pre_tokenizer(model_dir: Path) -> str:
     """
     path = model_dir / "tokenizer.json"
     if not path.is_file():
-        raise PreTokenizerError(
-            path, "tokenizer.json is missing (SentencePiece models need no pre-tokenizer)"
-        )
+        raise PreTokenizerError(path, "tokenizer.json is missing (SentencePiece models need no pre-tokenizer)")
     data = json.loads(path.read_text(encoding="utf-8"))
     if (data.get("model") or {}).get("type") != "BPE":
         raise PreTokenizerError(path, "the tokenizer model is not BPE")
     signature = _split_regexes(data.get("pre_tokenizer") or {})
     if signature is None or signature not in _KNOWN_SIGNATURES:
-        raise PreTokenizerError(
-            path, "its pre_tokenizer split rules match none of qwen2, llama-bpe, gpt2, exaone"
-        )
+        raise PreTokenizerError(path, "its pre_tokenizer split rules match none of qwen2, llama-bpe, gpt2, exaone")
     return _KNOWN_SIGNATURES[signature]
 
 

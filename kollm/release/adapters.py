@@ -68,9 +68,7 @@ def load_adapter(path: Path, *, allow_pickle: bool = False) -> Adapter:
         if (path / "adapter_model.bin").is_file():
             if not allow_pickle:
                 raise UnsafeCheckpointError(path / "adapter_model.bin")
-            raise AdapterMismatchError(
-                path, "pickle adapters must be converted to safetensors before merging"
-            )
+            raise AdapterMismatchError(path, "pickle adapters must be converted to safetensors before merging")
         raise InputNotFoundError("adapter weights", weights, hint="The adapter directory is incomplete.")
     if config.get("peft_type", "LORA") != "LORA":
         raise AdapterMismatchError(path, f"peft_type {config.get('peft_type')} is not LoRA")
@@ -92,9 +90,7 @@ def load_adapter(path: Path, *, allow_pickle: bool = False) -> Adapter:
         elif ".lora_B." in key or key.endswith(".lora_B.weight"):
             b_by_module[key.split(".lora_B")[0]] = info
         elif ".lora_embedding_A" in key or ".lora_embedding_B" in key:
-            raise AdapterMismatchError(
-                path, "LoRA on embedding layers (lora_embedding_A/B) is not supported yet"
-            )
+            raise AdapterMismatchError(path, "LoRA on embedding layers (lora_embedding_A/B) is not supported yet")
         else:
             # modules_to_save tensors are saved under the module's own name (no "modules_to_save.default").
             adapter.replacements[key] = info
@@ -104,9 +100,7 @@ def load_adapter(path: Path, *, allow_pickle: bool = False) -> Adapter:
         r = _pattern_value(module, config.get("rank_pattern") or {}, r_default)
         alpha = _pattern_value(module, config.get("alpha_pattern") or {}, alpha_default)
         if a.shape[0] != r:
-            raise AdapterMismatchError(
-                path, f"{module}: lora_A has rank {a.shape[0]} but the config says r={r}"
-            )
+            raise AdapterMismatchError(path, f"{module}: lora_A has rank {a.shape[0]} but the config says r={r}")
         scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
         adapter.pairs[f"{module}.weight"] = LoraPair(
             base_key=f"{module}.weight",

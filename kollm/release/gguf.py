@@ -165,9 +165,7 @@ def run(
 
     def finish(gguf_type: str, path: Path, started: float) -> GgufFile:
         counts, by_name = tensor_type_counts(path)
-        item = GgufFile(
-            gguf_type, path, time.perf_counter() - started, counts, _fallbacks(gguf_type, by_name)
-        )
+        item = GgufFile(gguf_type, path, time.perf_counter() - started, counts, _fallbacks(gguf_type, by_name))
         if item.fallback_tensors:
             log.warning("%s: %d tensors fell back to another type", path.name, len(item.fallback_tensors))
         if on_file:

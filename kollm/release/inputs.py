@@ -62,9 +62,7 @@ def _hub(ref: str, revision: str | None, *, trust_remote_code: bool) -> Resolved
     return ResolvedInput(Path(path), ref, "hub", revision)
 
 
-def resolve(
-    ref: str, *, revision: str | None = None, trust_remote_code: bool = False, what: str
-) -> ResolvedInput:
+def resolve(ref: str, *, revision: str | None = None, trust_remote_code: bool = False, what: str) -> ResolvedInput:
     """Turn a spec reference into a local directory.
 
     Args:

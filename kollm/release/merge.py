@@ -111,9 +111,7 @@ def _check_base(base: Path, *, allow_pickle: bool) -> dict:
                     hint="Convert the .bin checkpoint with transformers (save_pretrained) before merging.",
                 )
             )
-        raise InputNotFoundError(
-            "model weights (*.safetensors)", base, hint="The base directory is incomplete."
-        )
+        raise InputNotFoundError("model weights (*.safetensors)", base, hint="The base directory is incomplete.")
     return config
 
 
@@ -219,10 +217,7 @@ def _write_tensor(
             writer.write(chunk)
             on_bytes(len(chunk))
         return
-    factors = [
-        (read_tensor_f32(p.a), read_tensor_f32(p.b), np.float32(p.scale), p.fan_in_fan_out)
-        for p in task.loras
-    ]
+    factors = [(read_tensor_f32(p.a), read_tensor_f32(p.b), np.float32(p.scale), p.fan_in_fan_out) for p in task.loras]
     for start, count in iter_row_blocks(src, cfg.block_bytes):
         raw = _read(reader, src, start, count)
         block = bytes_to_f32(raw, src.dtype).reshape((count, *src.shape[1:]))

@@ -108,24 +108,18 @@ class _Display:
             self.progress.update(task, completed=current.total or 1, total=current.total or 1)
 
 
-def _artifact(
-    name: str, kind: str, root: Path, paths: list[Path], seconds: float, **extra: Any
-) -> ArtifactRecord:
+def _artifact(name: str, kind: str, root: Path, paths: list[Path], seconds: float, **extra: Any) -> ArtifactRecord:
     return ArtifactRecord(
         name=name,
         kind=kind,
-        path=paths[0].parent.relative_to(root).as_posix()
-        if len(paths) > 1
-        else paths[0].relative_to(root).as_posix(),
+        path=paths[0].parent.relative_to(root).as_posix() if len(paths) > 1 else paths[0].relative_to(root).as_posix(),
         files=record_files(root, paths),
         seconds=round(seconds, 3),
         **extra,
     )
 
 
-def run_release(
-    spec: ReleaseSpec, *, spec_path: Path | None = None, show_progress: bool = True
-) -> ReleaseResult:
+def run_release(spec: ReleaseSpec, *, spec_path: Path | None = None, show_progress: bool = True) -> ReleaseResult:
     """Run a whole release described by ``spec``.
 
     Args:
@@ -148,9 +142,7 @@ def run_release(
     rows: list[SummaryRow] = []
     artifacts: list[ArtifactRecord] = []
 
-    base = resolve(
-        spec.base, revision=spec.base_revision, trust_remote_code=spec.trust_remote_code, what="base model"
-    )
+    base = resolve(spec.base, revision=spec.base_revision, trust_remote_code=spec.trust_remote_code, what="base model")
     adapters: list[ResolvedInput] = [resolve(a, what="adapter") for a in spec.adapters]
 
     ctx = display.progress if display.progress is not None else _null()
@@ -191,9 +183,7 @@ def run_release(
                     update(count, len(spec.exports.gguf))
 
                 gguf_result = gguf.run(
-                    gguf.GgufConfig(
-                        name=spec.name, types=spec.exports.gguf, pre_tokenizer=spec.gguf_pre_tokenizer
-                    ),
+                    gguf.GgufConfig(name=spec.name, types=spec.exports.gguf, pre_tokenizer=spec.gguf_pre_tokenizer),
                     model_dir=merged_dir,
                     out_dir=out / "gguf",
                     work_dir=work,
@@ -222,9 +212,7 @@ def run_release(
                     verdict = f"ok, Δlogit {check.max_logit_diff:.3f}, top-1 {check.top1_agreement:.0%}" + (
                         f" (≤ {spec.verify.f16_logits_atol})" if is_float else ""
                     )
-                    rows.append(
-                        SummaryRow(f"gguf {item.gguf_type}", record.path, record.size, item.seconds, verdict)
-                    )
+                    rows.append(SummaryRow(f"gguf {item.gguf_type}", record.path, record.size, item.seconds, verdict))
                     update(i, len(gguf_result.files))
 
     manifest: dict[str, Any] = {
@@ -259,9 +247,7 @@ def run_release(
         if spec.exports.safetensors:
             repos.append(local.RepoFiles(spec.name, {p.name: p for p in merged_dir.iterdir() if p.is_file()}))
         if gguf_result:
-            repos.append(
-                local.RepoFiles(f"{spec.name}-GGUF", {f.path.name: f.path for f in gguf_result.files})
-            )
+            repos.append(local.RepoFiles(f"{spec.name}-GGUF", {f.path.name: f.path for f in gguf_result.files}))
         done = local.publish(local.parse_target(spec.publish), repos, manifest)
         published = [str(r.path) for r in done]
     return ReleaseResult(out, manifest_path, rows, published, time.perf_counter() - started)

@@ -70,11 +70,7 @@ def hf_reference(model_dir: Path, prompts: list[str]) -> Reference:
             prompt_ids.append(ids)
             logits.append(out)
     chat_ids = (
-        list(
-            tokenizer.apply_chat_template(
-                _CHAT_PROBE, add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-        )
+        list(tokenizer.apply_chat_template(_CHAT_PROBE, add_generation_prompt=True, tokenize=True, return_dict=False))
         if tokenizer.chat_template
         else []
     )
@@ -114,13 +110,9 @@ def check_gguf(path: Path, ref: Reference, *, atol: float | None) -> GgufCheck:
             path, "eos", f"GGUF EOS id {meta.get('tokenizer.ggml.eos_token_id')} != HF EOS id {ref.eos_id}"
         )
     if bool(meta.get("tokenizer.ggml.add_bos_token", False)) != ref.add_bos:
-        raise VerificationError(
-            path, "bos", f"add_bos_token is {meta.get('tokenizer.ggml.add_bos_token')} in GGUF"
-        )
+        raise VerificationError(path, "bos", f"add_bos_token is {meta.get('tokenizer.ggml.add_bos_token')} in GGUF")
     if ref.chat_template and meta.get("tokenizer.chat_template") != ref.chat_template:
-        raise VerificationError(
-            path, "chat-template", "the embedded chat template differs from the tokenizer's"
-        )
+        raise VerificationError(path, "chat-template", "the embedded chat template differs from the tokenizer's")
 
     try:
         llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=2, verbose=False, logits_all=True)

@@ -120,9 +120,7 @@ def build_fixture(spec: FixtureSpec | None = None, *, cache_dir: Path | None = N
         _build_tokenizer(spec, lines, tmp / "base")
         _build_model(spec, tmp / "base")
         for adapter in spec.adapters:
-            _build_adapter(
-                spec, adapter, tmp / "base", tmp / "adapters" / adapter.name, final_base=fixture.base
-            )
+            _build_adapter(spec, adapter, tmp / "base", tmp / "adapters" / adapter.name, final_base=fixture.base)
         (tmp / "COMPLETE").write_text(json.dumps(asdict(spec), indent=2), encoding="utf-8")
     return fixture
 
@@ -202,9 +200,7 @@ def _build_model(spec: FixtureSpec, out: Path) -> None:
     GenerationConfig(bos_token_id=eot, eos_token_id=[im_end, eot], pad_token_id=eot).save_pretrained(out)
 
 
-def _build_adapter(
-    spec: FixtureSpec, adapter: AdapterSpec, base_dir: Path, out: Path, *, final_base: Path
-) -> None:
+def _build_adapter(spec: FixtureSpec, adapter: AdapterSpec, base_dir: Path, out: Path, *, final_base: Path) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
