@@ -46,7 +46,7 @@ class FixtureSpec:
     """Shape of a fixture model. Widths are multiples of 256 (llama.cpp K-quants need it)."""
 
     name: str = "ko-tiny"
-    family: str = "qwen2"  # which split regex the tokenizer uses: qwen2 or llama-bpe
+    family: str = "qwen2"  # qwen2 (Qwen2 architecture and split rules) or llama-bpe (Llama 3 architecture and rules)
     vocab_size: int = 4096
     hidden_size: int = 256
     intermediate_size: int = 512
@@ -156,6 +156,8 @@ def _build_tokenizer(spec: FixtureSpec, lines: list[str], out: Path) -> None:
     fast.save_pretrained(out)
     config_path = out / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
+    # What the real families ship: Qwen2.5 names its own class, Llama 3 the generic fast tokenizer.
+    config["tokenizer_class"] = "Qwen2Tokenizer" if spec.family == "qwen2" else "PreTrainedTokenizerFast"
     # Explicit, so llama.cpp does not prepend a BOS that HF never adds.
     config["add_bos_token"] = False
     config["add_eos_token"] = False
@@ -164,12 +166,22 @@ def _build_tokenizer(spec: FixtureSpec, lines: list[str], out: Path) -> None:
 
 def _build_model(spec: FixtureSpec, out: Path) -> None:
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(out)
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    config = Qwen2Config(
+    config_class, model_class = (
+        (Qwen2Config, Qwen2ForCausalLM) if spec.family == "qwen2" else (LlamaConfig, LlamaForCausalLM)
+    )
+    config = config_class(
         vocab_size=spec.vocab_size,
         hidden_size=spec.hidden_size,
         intermediate_size=spec.intermediate_size,
@@ -186,7 +198,7 @@ def _build_model(spec: FixtureSpec, out: Path) -> None:
         pad_token_id=eot,
     )
     torch.manual_seed(spec.seed)
-    model = Qwen2ForCausalLM(config)
+    model = model_class(config)
     with torch.no_grad():
         # Norm weights start at 1 and biases at 0; perturb them so a merge that drops them shows up.
         for name, param in model.named_parameters():

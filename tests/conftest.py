@@ -1,0 +1,44 @@
+"""Shared, session-scoped fixtures: the tiny Korean model is built once per run (and cached across runs)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kollm.testing.fixture import Fixture, FixtureSpec, build_fixture
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ko_tiny() -> Fixture:
+    """The demo fixture: Qwen2 tokenizer rules, tied embeddings, adapters 'cpt' and 'sft'."""
+    return build_fixture(FixtureSpec())
+
+
+@pytest.fixture(scope="session")
+def llama_tiny() -> Fixture:
+    """A second family (Llama 3 split rules and architecture, wider MLP): parity tests and adapter mismatches."""
+    return build_fixture(
+        FixtureSpec(name="llama-tiny", family="llama-bpe", tie_word_embeddings=False, intermediate_size=768)
+    )
+
+
+@pytest.fixture(scope="session")
+def kollm_cli():
+    """Run the real `kollm` entry point in a subprocess, as a user would; returns the CompletedProcess."""
+
+    def run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", "from kollm.cli import main; main()", *args],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env=env,
+            timeout=900,
+        )
+
+    return run
