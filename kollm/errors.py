@@ -77,11 +77,18 @@ class UnsafeCheckpointError(KollmError):
 
     exit_code = 3
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, detail: str | None = None) -> None:
         self.path = str(path)
+        if detail:  # --allow-pickle was given, but the file is not a plain tensor checkpoint
+            super().__init__(
+                f"{self.path} could not be read safely: {detail}.",
+                hint="Re-save it as safetensors with the tool that wrote it; kollm never unpickles arbitrary objects.",
+            )
+            return
         super().__init__(
             f"{self.path} holds only pickle weights (.bin/.pt), which can execute code when loaded.",
-            hint="Convert it to safetensors, or pass --allow-pickle if you trust its origin.",
+            hint="Convert it to safetensors, or pass --allow-pickle if you trust its origin "
+            "(kollm then loads tensors only, with torch.load(weights_only=True)).",
         )
 
 
@@ -112,6 +119,21 @@ class QuantizedBaseError(KollmError):
             "raises perplexity noticeably (peft#2321, unsloth#1519).",
             hint="Point `base` at the original 16-bit model, or pass --dequantize-base to accept the loss.",
         )
+
+
+class DequantizeUnsupportedError(QuantizedBaseError):
+    """--dequantize-base was given, but kollm cannot dequantize this 4-bit base itself."""
+
+    def __init__(self, base: Path | str) -> None:
+        KollmError.__init__(
+            self,
+            f"{base} is a bitsandbytes 4-bit checkpoint and --dequantize-base was given, but kollm does not "
+            "dequantize 4-bit bases itself: its merge streams 16/32-bit safetensors, and dequantized NF4 weights "
+            "raise perplexity noticeably anyway (peft#2321, unsloth#1519).",
+            hint="Merge onto the original 16-bit base (recommended), or dequantize first with transformers "
+            "(`model.dequantize()` then `save_pretrained`) and pass that directory as the base.",
+        )
+        self.base = str(base)
 
 
 # --- tools and exports ------------------------------------------------------------------------------------

@@ -28,6 +28,14 @@ def llama_tiny() -> Fixture:
 
 
 @pytest.fixture(scope="session")
+def lora_factory(tmp_path_factory):
+    """Merge cases: tiny bases and PEFT adapters (kollm.testing.lora_cases), each built once per run."""
+    from kollm.testing.lora_cases import LoraFactory
+
+    return LoraFactory(tmp_path_factory.mktemp("lora-cases"))
+
+
+@pytest.fixture(scope="session")
 def kollm_cli():
     """Run the real `kollm` entry point in a subprocess, as a user would; returns the CompletedProcess."""
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kollm.errors import AdapterMismatchError, InputNotFoundError, UnsafeCheckpointError
+from kollm.release.pickle_io import pickle_to_safetensors
 from kollm.release.safetensors_io import TensorInfo, read_header
 
 _PEFT_PREFIX = "base_model.model."
@@ -22,7 +23,7 @@ class LoraPair:
     a: TensorInfo
     b: TensorInfo
     scale: float
-    fan_in_fan_out: bool
+    transposed: bool  # fan-in-fan-out layers and embeddings store the weight as (in, out): delta = (B·A)ᵀ
 
 
 @dataclass
@@ -31,12 +32,18 @@ class Adapter:
 
     path: Path
     config: dict
+    weights: Path  # the file the user gave (provenance); tensors may be read from a converted copy
     pairs: dict[str, LoraPair] = field(default_factory=dict)
     replacements: dict[str, TensorInfo] = field(default_factory=dict)  # modules_to_save: full tensors
 
     @property
     def base_model(self) -> str | None:
         return self.config.get("base_model_name_or_path")
+
+    @property
+    def keeps_tying(self) -> bool:
+        """peft's ``ensure_weight_tying``: the adapter's embedding and lm_head updates are one, kept tied."""
+        return bool(self.config.get("ensure_weight_tying"))
 
 
 def _pattern_value(module: str, patterns: dict, default: float) -> float:
@@ -47,8 +54,15 @@ def _pattern_value(module: str, patterns: dict, default: float) -> float:
     return default
 
 
-def load_adapter(path: Path, *, allow_pickle: bool = False) -> Adapter:
+def load_adapter(path: Path, *, pickle_dir: Path | None = None) -> Adapter:
     """Read an adapter directory (adapter_config.json + adapter_model.safetensors).
+
+    Args:
+        path: a directory written by peft's ``save_pretrained``.
+        pickle_dir: where to convert an ``adapter_model.bin`` to safetensors; None refuses pickle.
+
+    Returns:
+        The adapter's LoRA pairs (with scale) and full replacement tensors, keyed by base tensor name.
 
     Raises:
         InputNotFoundError: the directory or its config/weights are missing.
@@ -63,34 +77,45 @@ def load_adapter(path: Path, *, allow_pickle: bool = False) -> Adapter:
             hint="Point at a directory written by peft's save_pretrained or `kollm train`.",
         )
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    weights = path / "adapter_model.safetensors"
-    if not weights.is_file():
-        if (path / "adapter_model.bin").is_file():
-            if not allow_pickle:
-                raise UnsafeCheckpointError(path / "adapter_model.bin")
-            raise AdapterMismatchError(path, "pickle adapters must be converted to safetensors before merging")
-        raise InputNotFoundError("adapter weights", weights, hint="The adapter directory is incomplete.")
     if config.get("peft_type", "LORA") != "LORA":
         raise AdapterMismatchError(path, f"peft_type {config.get('peft_type')} is not LoRA")
     if config.get("use_dora"):
         raise AdapterMismatchError(
             path,
-            "DoRA adapters are not supported by kollm's merge yet; merge them with peft's merge_and_unload",
+            "it is a DoRA adapter (use_dora: true); DoRA rescales every column by a norm of the merged weight, "
+            "which kollm's streaming merge does not compute. Merge it with peft's merge_and_unload instead",
         )
-    infos, _ = read_header(weights)
-    adapter = Adapter(path=path, config=config)
+    weights = path / "adapter_model.safetensors"
+    tensors_file = weights
+    if not weights.is_file():
+        weights = path / "adapter_model.bin"
+        if not weights.is_file():
+            raise InputNotFoundError(
+                "adapter weights", path / "adapter_model.safetensors", hint="The adapter directory is incomplete."
+            )
+        if pickle_dir is None:
+            raise UnsafeCheckpointError(weights)
+        tensors_file = pickle_to_safetensors(weights, pickle_dir / f"adapter-{abs(hash(path)):x}.safetensors")
+    infos, _ = read_header(tensors_file)
+    adapter = Adapter(path=path, config=config, weights=weights)
     r_default = config.get("r", 8)
     alpha_default = config.get("lora_alpha", r_default)
     a_by_module: dict[str, TensorInfo] = {}
     b_by_module: dict[str, TensorInfo] = {}
+    embedding_modules: set[str] = set()
     for name, info in infos.items():
         key = name.removeprefix(_PEFT_PREFIX)
         if ".lora_A." in key or key.endswith(".lora_A.weight"):
             a_by_module[key.split(".lora_A")[0]] = info
         elif ".lora_B." in key or key.endswith(".lora_B.weight"):
             b_by_module[key.split(".lora_B")[0]] = info
-        elif ".lora_embedding_A" in key or ".lora_embedding_B" in key:
-            raise AdapterMismatchError(path, "LoRA on embedding layers (lora_embedding_A/B) is not supported yet")
+        elif ".lora_embedding_A" in key:
+            a_by_module[key.split(".lora_embedding_A")[0]] = info
+            embedding_modules.add(key.split(".lora_embedding_A")[0])
+        elif ".lora_embedding_B" in key:
+            b_by_module[key.split(".lora_embedding_B")[0]] = info
+        elif ".lora_magnitude_vector" in key:
+            raise AdapterMismatchError(path, "it holds DoRA magnitude vectors; kollm cannot merge DoRA exactly")
         else:
             # modules_to_save tensors are saved under the module's own name (no "modules_to_save.default").
             adapter.replacements[key] = info
@@ -107,6 +132,7 @@ def load_adapter(path: Path, *, allow_pickle: bool = False) -> Adapter:
             a=a,
             b=b_by_module[module],
             scale=scale,
-            fan_in_fan_out=bool(config.get("fan_in_fan_out")),
+            # peft stores embedding LoRA as A (r, vocab), B (dim, r) and transposes B·A, like fan-in-fan-out
+            transposed=module in embedding_modules or bool(config.get("fan_in_fan_out")),
         )
     return adapter

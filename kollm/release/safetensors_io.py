@@ -12,11 +12,10 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
-# safetensors dtype name -> (numpy storage dtype, bytes per element). bf16 is carried as raw uint16.
+# safetensors dtype name -> bytes per element.
 DTYPE_SIZES = {
     "F64": 8,
     "F32": 4,
@@ -31,7 +30,7 @@ DTYPE_SIZES = {
     "F8_E4M3": 1,
     "F8_E5M2": 1,
 }
-FLOAT_DTYPES = ("F32", "F16", "BF16")
+FLOAT_DTYPES = ("F32", "F16", "BF16")  # what the merge decodes; kollm.release.merge_math does the arithmetic
 
 
 @dataclass(frozen=True)
@@ -80,50 +79,6 @@ def index_checkpoint(model_dir: Path) -> dict[str, TensorInfo]:
         shard, _ = read_header(model_dir / name)
         infos.update(sorted(shard.items(), key=lambda kv: kv[1].start))
     return infos
-
-
-def read_rows(fh: BinaryIO, info: TensorInfo, row_start: int, row_count: int) -> bytes:
-    """Read ``row_count`` leading-dimension rows of a tensor."""
-    fh.seek(info.start + row_start * info.row_bytes)
-    return fh.read(row_count * info.row_bytes)
-
-
-def read_tensor_f32(info: TensorInfo) -> np.ndarray:
-    """Read a whole (small) float tensor as float32, e.g. a LoRA A or B matrix."""
-    with info.file.open("rb") as fh:
-        fh.seek(info.start)
-        raw = fh.read(info.nbytes)
-    return bytes_to_f32(raw, info.dtype).reshape(info.shape)
-
-
-def bytes_to_f32(raw: bytes, dtype: str) -> np.ndarray:
-    """Decode float bytes of a safetensors dtype to a float32 array (bf16 by shifting into the high half)."""
-    if dtype == "F32":
-        return np.frombuffer(raw, dtype="<f4").astype(np.float32)
-    if dtype == "F16":
-        return np.frombuffer(raw, dtype="<f2").astype(np.float32)
-    if dtype == "BF16":
-        return (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-    raise ValueError(f"not a float dtype: {dtype}")
-
-
-def f32_to_bytes(values: np.ndarray, dtype: str) -> bytes:
-    """Encode float32 values in a safetensors float dtype, rounding to nearest even like torch does."""
-    values = np.ascontiguousarray(values, dtype=np.float32)
-    if dtype == "F32":
-        return values.astype("<f4").tobytes()
-    if dtype == "F16":
-        return values.astype("<f2").tobytes()
-    if dtype == "BF16":
-        bits = values.view(np.uint32)
-        # Round to nearest even on the 16 bits that are dropped; NaNs stay NaN.
-        rounding = ((bits >> 16) & 1) + 0x7FFF
-        rounded = ((bits + rounding) >> 16).astype(np.uint16)
-        nan = np.isnan(values)
-        if nan.any():
-            rounded[nan] = ((bits[nan] >> 16) | 0x40).astype(np.uint16)
-        return rounded.astype("<u2").tobytes()
-    raise ValueError(f"not a float dtype: {dtype}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,65 @@
+"""The arithmetic of a merge, done with torch so the float32 sums are the ones peft computes.
+
+peft's ``merge_and_unload`` adds ``(B @ A) * scale`` (transposed for fan-in-fan-out layers and embeddings)
+to the weight. kollm performs the same torch operations in the same order on float32 row blocks, then
+rounds once to the output dtype (torch's round-to-nearest-even), so a float32 merge is bit-identical to
+peft's and a 16-bit merge is the correctly rounded float32 result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kollm.release.safetensors_io import TensorInfo
+
+if TYPE_CHECKING:
+    import torch
+
+TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+# Same-width integer views: numpy has no bfloat16, so 16-bit floats leave torch as int16 bits.
+_BITS = {"F32": "int32", "F16": "int16", "BF16": "int16"}
+
+
+def decode(raw: bytearray, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """Float32 tensor from the raw little-endian bytes of a safetensors float dtype (no copy for F32)."""
+    import torch
+
+    values = torch.frombuffer(raw, dtype=getattr(torch, TORCH_DTYPES[dtype])).reshape(shape)
+    return values if dtype == "F32" else values.float()
+
+
+def encode(values: torch.Tensor, dtype: str) -> memoryview:
+    """The bytes of ``values`` in a safetensors float dtype, rounded once (nearest even)."""
+    import torch
+
+    out = values.to(getattr(torch, TORCH_DTYPES[dtype])).contiguous()
+    return memoryview(out.view(getattr(torch, _BITS[dtype])).numpy()).cast("B")
+
+
+def read_matrix(info: TensorInfo) -> torch.Tensor:
+    """A whole (small) float tensor as float32, e.g. a LoRA A or B matrix."""
+    with info.file.open("rb") as fh:
+        fh.seek(info.start)
+        raw = bytearray(info.nbytes)
+        fh.readinto(raw)
+    return decode(raw, info.dtype, info.shape)
+
+
+@dataclass
+class LoraFactors:
+    """A and B of one adapter for one tensor, in float32, with peft's scale and orientation."""
+
+    a: torch.Tensor  # (r, in) — or (r, rows) for fan-in-fan-out layers and embeddings
+    b: torch.Tensor  # (out, r)
+    scale: float
+    transposed: bool  # the weight is stored (in, out): delta = (B @ A).T
+
+    def add_to(self, block: torch.Tensor, row_start: int) -> None:
+        """Add ``scale · B·A`` for rows ``row_start …`` of the weight to ``block`` (float32, in place)."""
+        rows = block.shape[0]
+        if self.transposed:
+            delta = (self.b @ self.a[:, row_start : row_start + rows]).T * self.scale
+        else:
+            delta = (self.b[row_start : row_start + rows] @ self.a) * self.scale
+        block += delta
