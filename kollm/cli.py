@@ -72,14 +72,21 @@ def merge(
     adapters: Annotated[list[Path], typer.Argument(help="LoRA adapter directories, applied in order.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the merged checkpoint.")],
     shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 2GB or 500MB.")] = "2GB",
-    allow_pickle: Annotated[bool, typer.Option(help="Accept pickle (.bin) checkpoints.")] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option(help="Accept pickle (.bin) checkpoints, loaded tensors-only (weights_only).")
+    ] = False,
+    dequantize_base: Annotated[
+        bool, typer.Option(help="Accept a bitsandbytes 4-bit base (not supported yet: refused with an explanation).")
+    ] = False,
 ) -> None:
     """Merge LoRA adapters into a base model, streaming shard by shard (bounded memory)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeElapsedColumn
 
     from kollm.release import merge as merge_stage
 
-    cfg = merge_stage.MergeConfig(max_shard_bytes=_parse_size(shard_size), allow_pickle=allow_pickle)
+    cfg = merge_stage.MergeConfig(
+        max_shard_bytes=_parse_size(shard_size), allow_pickle=allow_pickle, dequantize_base=dequantize_base
+    )
     with Progress("merge", BarColumn(), DownloadColumn(), TimeElapsedColumn(), console=err) as progress:
         task = progress.add_task("merge", total=None)
         result = merge_stage.run(

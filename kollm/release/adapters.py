@@ -114,11 +114,16 @@ def load_adapter(path: Path, *, pickle_dir: Path | None = None) -> Adapter:
             embedding_modules.add(key.split(".lora_embedding_A")[0])
         elif ".lora_embedding_B" in key:
             b_by_module[key.split(".lora_embedding_B")[0]] = info
+        elif ".original_module." in key:
+            continue  # a resized base's copy kept so peft can unmerge; the merge uses the trained copy
         elif ".lora_magnitude_vector" in key:
             raise AdapterMismatchError(path, "it holds DoRA magnitude vectors; kollm cannot merge DoRA exactly")
         else:
-            # modules_to_save tensors are saved under the module's own name (no "modules_to_save.default").
-            adapter.replacements[key] = info
+            # modules_to_save tensors are saved under the module's own name (no "modules_to_save.default");
+            # with save_embedding_layers peft also saves an adapted embedding's full weight as "base_layer",
+            # which it loads over the base before adding the LoRA update: a replacement like the others.
+            # A resized wrapper is also saved whole: "modules_to_save." holds the same trained copy.
+            adapter.replacements[key.replace(".base_layer.", ".").replace(".modules_to_save.", ".")] = info
     if a_by_module.keys() != b_by_module.keys():
         raise AdapterMismatchError(path, "some lora_A matrices have no lora_B partner (corrupt adapter)")
     for module, a in a_by_module.items():

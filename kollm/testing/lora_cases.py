@@ -44,6 +44,7 @@ class AdapterCase:
     modules_to_save: tuple[str, ...] = ()
     new_tokens: tuple[str, ...] = ()  # added to the tokenizer; the embeddings grow to match
     pickle: bool = False  # save adapter_model.bin instead of safetensors
+    save_embedding_layers: bool | str = "auto"  # peft's switch; False drops the resized lm_head from the adapter
 
 
 def make_base(case: BaseCase, out: Path, *, tokenizer_from: Path | None = None) -> Path:
@@ -126,7 +127,9 @@ def make_adapter(case: AdapterCase, base: Path, out: Path) -> Path:
                 param.mul_(0.5)
             elif "modules_to_save" in name:
                 param.add_(torch.randn_like(param) * 0.01)  # a replaced module must differ from the base
-    peft_model.save_pretrained(out, safe_serialization=not case.pickle)
+    peft_model.save_pretrained(
+        out, safe_serialization=not case.pickle, save_embedding_layers=case.save_embedding_layers
+    )
     config_path = out / "adapter_config.json"
     data = json.loads(config_path.read_text(encoding="utf-8"))
     data["base_model_name_or_path"] = str(base)
