@@ -33,6 +33,7 @@ from kollm.release.safetensors_io import (
     plan_shards,
     shard_names,
 )
+from kollm.release.write_behind import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +82,10 @@ class MergeResult:
 class _HashingReader:
     """Reads a base file front to back and hashes it on the way, so provenance costs no extra pass."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sink: WriteBehind) -> None:
         self.fh = path.open("rb", buffering=0)
         self.digest = hashlib.sha256()
+        self.sink = sink  # hashing runs on the write-behind thread, in read order
         self.pos = 0
 
     def read_at(self, start: int, size: int) -> bytearray:
@@ -94,7 +96,7 @@ class _HashingReader:
         if start > self.pos:
             self._consume(start - self.pos)
         data = _read_exact(self.fh, size)
-        self.digest.update(data)
+        self.sink.submit(self.digest.update, data)
         self.pos = start + size
         return data
 
@@ -103,26 +105,24 @@ class _HashingReader:
             data = self.fh.read(min(size, 1 << 24))
             if not data:
                 break
-            self.digest.update(data)
+            self.sink.submit(self.digest.update, data)
             size -= len(data)
             self.pos += len(data)
 
-    def finish(self) -> str:
+    def finish(self) -> None:
+        """Hash the rest of the file (bytes no tensor used); the digest is final once the sink is drained."""
         self._consume(1 << 62)
         self.fh.close()
-        return self.digest.hexdigest()
 
 
 def _write_tensor(
-    task: Task, writer: ShardWriter, readers: dict[Path, _HashingReader], cfg: MergeConfig, on_bytes: Callable
+    task: Task, writer: ShardWriter, readers: dict[Path, _HashingReader], cfg: MergeConfig, sink: WriteBehind
 ) -> None:
     src = task.source
     reader = readers.get(src.file)
     if not task.loras and src.dtype == task.out.dtype:
         for start, count in iter_row_blocks(src, cfg.block_bytes):
-            chunk = _read(reader, src, start, count)
-            writer.write(chunk)
-            on_bytes(len(chunk))
+            sink.submit(writer.write, _read(reader, src, start, count))
         return
     factors = [LoraFactors(read_matrix(p.a), read_matrix(p.b), p.scale, p.transposed) for p in task.loras]
     for start, count in iter_row_blocks(src, cfg.block_bytes):
@@ -130,8 +130,7 @@ def _write_tensor(
         block = decode(raw, src.dtype, (count, *src.shape[1:]))
         for factor in factors:
             factor.add_to(block, start)
-        writer.write(encode(block, task.out.dtype))
-        on_bytes(len(raw))
+        sink.submit(writer.write, encode(block, task.out.dtype))
 
 
 def _read(reader: _HashingReader | None, info: TensorInfo, start: int, count: int) -> bytearray:
@@ -245,26 +244,32 @@ def _write_checkpoint(
     shards = plan_shards([t.out for t in tasks], cfg.max_shard_bytes)
     names = shard_names(len(shards))
     by_name = {t.out.name: t for t in tasks}
-    total = sum(t.source.nbytes for t in tasks)
+    total = sum(t.out.nbytes for t in tasks)
     done = 0
 
-    def on_bytes(n: int) -> None:
+    def count(chunk: bytes | memoryview) -> None:
         nonlocal done
-        done += n
+        done += len(chunk)
         if progress:
             progress(done, total)
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        readers = {path: _HashingReader(path) for path in base_files}
-        weight_map = {}
-        for shard, name in zip(shards, names, strict=True):
-            writer = ShardWriter(tmp / name, shard)
-            for planned in shard:
-                _write_tensor(by_name[planned.name], writer, readers, cfg, on_bytes)
-                weight_map[planned.name] = name
-            writer.close()
-        base_hashes = {path.name: reader.finish() for path, reader in readers.items()}
+        sink = WriteBehind()
+        try:
+            readers = {path: _HashingReader(path, sink) for path in base_files}
+            weight_map = {}
+            for shard, name in zip(shards, names, strict=True):
+                writer = ShardWriter(tmp / name, shard, on_write=count)
+                for planned in shard:
+                    _write_tensor(by_name[planned.name], writer, readers, cfg, sink)
+                    weight_map[planned.name] = name
+                sink.submit(lambda w: w.close(), writer)
+            for reader in readers.values():
+                reader.finish()
+        finally:
+            sink.drain()  # also on errors: no thread may still write into the directory being removed
+        base_hashes = {path.name: reader.digest.hexdigest() for path, reader in readers.items()}
         if len(names) > 1:
             index = {"metadata": {"total_size": sum(t.out.nbytes for t in tasks)}, "weight_map": weight_map}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,7 +117,9 @@ def shard_names(count: int) -> list[str]:
 class ShardWriter:
     """Writes one safetensors file whose tensors are all known up front; bytes arrive in order."""
 
-    def __init__(self, path: Path, tensors: list[PlannedTensor]) -> None:
+    def __init__(
+        self, path: Path, tensors: list[PlannedTensor], on_write: Callable[[bytes | memoryview], None] | None = None
+    ) -> None:
         header: dict[str, object] = {"__metadata__": {"format": "pt"}}
         offset = 0
         for tensor in tensors:
@@ -131,13 +133,17 @@ class ShardWriter:
         encoded += b" " * (-len(encoded) % 8)  # the format asks for 8-byte alignment of the data section
         self._expected = offset
         self._written = 0
+        self._on_write = on_write
         self._fh = path.open("wb")
         self._fh.write(struct.pack("<Q", len(encoded)))
         self._fh.write(encoded)
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Append the next bytes of the data section (in planned tensor order)."""
         self._fh.write(chunk)
         self._written += len(chunk)
+        if self._on_write:
+            self._on_write(chunk)
 
     def close(self) -> None:
         self._fh.flush()
