@@ -112,7 +112,7 @@ def build_card(inputs: CardInputs) -> str:
         [
             f"# {inputs.model_name} ({inputs.version})",
             "",
-            f"Released with kollm as `{inputs.repo_id}`, tag `{inputs.version}`. Pin the tag: `revision=\"{inputs.version}\"`.",
+            f'Released with kollm as `{inputs.repo_id}`, tag `{inputs.version}`. Pin the tag: `revision="{inputs.version}"`.',
             "",
             *_scores_section(inputs.scores),
             *_usage_section(inputs),
