@@ -8,6 +8,7 @@ git-lfs (pointer in git, object under ``.git/lfs/objects``), exactly as on the H
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -71,25 +72,26 @@ def publish_repo(root: Path, plan: RepoPlan, *, version: str) -> PublishedRepo:
     # An interrupted run may have committed already: only commit when the tree changed, then tag HEAD.
     if _git(path, "status", "--porcelain").strip():
         _git(path, "commit", "-q", "--no-gpg-sign", "-m", f"Release {version}")
-    _git(path, "tag", version)
-    problems = verify_revision(path, version, plan.records)
+    problems = verify_revision(path, "HEAD", plan.records)
     if problems:
         raise VerificationError(path, "mirror-verify", "; ".join(problems))
+    _git(path, "tag", version)
     return PublishedRepo(plan.repo_id, str(path), version, "published")
 
 
 def verify_revision(path: Path, revision: str, records: list[FileRecord]) -> list[str]:
-    """Check every record against the LFS pointer at ``revision`` and the LFS object it points to."""
+    """Check every record against ``revision``: the LFS pointer and its object, or the blob of a small file."""
     problems = []
     for rec in records:
         try:
-            pointer = _git(path, "show", f"{revision}:{rec.path}")
+            blob = _git_bytes(path, "show", f"{revision}:{rec.path}")
         except PublishError:
             problems.append(f"{rec.path}: missing at {revision}")
             continue
-        match = _POINTER_RE.match(pointer)
+        match = _POINTER_RE.match(blob.decode("utf-8", errors="replace")) if len(blob) < 1024 else None
         if match is None:
-            problems.append(f"{rec.path}: not stored through git-lfs")
+            if hashlib.sha256(blob).hexdigest() != rec.sha256 or len(blob) != rec.size:
+                problems.append(f"{rec.path}: content at {revision} differs from the manifest")
             continue
         oid, size = match.group(1), int(match.group(2))
         obj = path / ".git" / "lfs" / "objects" / oid[:2] / oid[2:4] / oid
@@ -110,8 +112,13 @@ def _init(path: Path) -> None:
 
 
 def _git(path: Path, *args: str) -> str:
+    return _git_bytes(path, *args).decode("utf-8")
+
+
+def _git_bytes(path: Path, *args: str) -> bytes:
     env = {**os.environ, **_GIT_ENV}
-    done = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, env=env)
+    done = subprocess.run(["git", "-C", str(path), *args], capture_output=True, env=env)
     if done.returncode != 0:
-        raise PublishError(f"mirror:{path}", f"git {' '.join(args[:2])}: {done.stderr.strip()[-500:]}")
+        stderr = done.stderr.decode("utf-8", errors="replace").strip()[-500:]
+        raise PublishError(f"mirror:{path}", f"git {' '.join(args[:2])}: {stderr}")
     return done.stdout

@@ -1,8 +1,8 @@
 """Publish to the Hugging Face Hub: one commit and one tag per repo per release, verified after upload.
 
-Order of calls (each safe to repeat): ``create_repo(exist_ok=True)`` → read the branch head → if the tag
-exists, verify it and stop (a finished release re-run is a no-op; different content is refused) → if the
-head already holds exactly these files (a run that died between commit and tag), reuse it, else ONE
+Order of calls (each safe to repeat): read the refs (``create_repo`` only when the repo is missing) → if the
+tag exists, verify it and stop (a finished release re-run is a no-op; different content is refused) → if the
+branch head already holds exactly these files (a run that died between commit and tag), reuse it, else ONE
 ``create_commit`` with every file and ``parent_commit=head`` (uploaded LFS/xet objects are skipped on a
 re-run, so an interrupted upload resumes) → ``create_tag`` → ``get_paths_info(revision=tag)`` against the
 manifest (LFS sha256 + size for weights, git blob ids for small files).
@@ -74,12 +74,16 @@ def publish_repo(api: Any, plan: RepoPlan, *, version: str, private: bool) -> Pu
         VerificationError: the uploaded files differ from the manifest.
         PublishError: the Hub refused a call (permissions, network, a concurrent push to the branch).
     """
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
     repo = plan.repo_id
     try:
-        api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
-        refs = api.list_repo_refs(repo, repo_type="model")
+        try:
+            refs = api.list_repo_refs(repo, repo_type="model")
+        except RepositoryNotFoundError:
+            # Only a missing repo is created: a re-run of a finished release makes no write call at all.
+            api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+            refs = api.list_repo_refs(repo, repo_type="model")
         if any(tag.name == version for tag in refs.tags):
             problems = verify_remote(api, plan, revision=version)
             if problems:

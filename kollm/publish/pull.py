@@ -123,7 +123,7 @@ def run(cfg: PullConfig) -> PullResult:
         "llama-server": f"llama-server -m {path} --port 8080",
         "ollama": f"ollama create {name}:{tag.lower()} -f {modelfile} && ollama run {name}:{tag.lower()}",
     }
-    if cfg.registry is None:
+    if cfg.registry is None and cfg.endpoint is None:
         commands["llama.cpp (from the Hub)"] = f"llama-cli -hf {repo}:{tag}"
         commands["ollama (from the Hub)"] = f"ollama run hf.co/{repo}:{tag}"
     return PullResult(repo, revision, path, actual, modelfile, stops, commands)
