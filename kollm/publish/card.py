@@ -64,7 +64,7 @@ class CardInputs:
     safetensors_repo: str | None = None
 
 
-def eval_results(scores: list[ScoreRecord], model_name: str) -> list[Any]:
+def eval_results(scores: list[ScoreRecord]) -> list[Any]:
     """Turn score records into huggingface_hub ``EvalResult`` objects (one per gate)."""
     from huggingface_hub import EvalResult
 
@@ -80,7 +80,6 @@ def eval_results(scores: list[ScoreRecord], model_name: str) -> list[Any]:
             metric_name=f"{s.metric} ({s.n_shot}-shot)",
             metric_value=round(s.value, 2),
             metric_args={"protocol": s.protocol, "stderr": s.stderr},
-            source_name=f"kollm release of {model_name}",
         )
         for s in scores
     ]
@@ -106,7 +105,7 @@ def build_card(inputs: CardInputs) -> str:
         base_model=inputs.base_model,
         base_model_relation=inputs.base_model_relation if inputs.base_model else None,
         tags=tags,
-        eval_results=eval_results(inputs.scores, inputs.model_name) or None,
+        eval_results=eval_results(inputs.scores) or None,
     )
     body = "\n".join(
         [
