@@ -47,7 +47,7 @@ def test_split_files_resolve_to_the_first_part():
 
 
 def test_repo_without_gguf():
-    with pytest.raises(PullError, match="no .gguf"):
+    with pytest.raises(PullError, match=r"no \.gguf"):
         match_quant(["model.safetensors"], None)
 
 
