@@ -23,14 +23,21 @@ from kollm.publish.local import PublishedRepo
 from kollm.publish.plan import RepoPlan
 
 
-def commit_operations(plan: RepoPlan) -> list[Any]:
-    """The ``CommitOperationAdd`` list of one repo's release commit, in path order."""
-    from huggingface_hub import CommitOperationAdd
+def commit_operations(plan: RepoPlan, *, stale: list[str] | None = None) -> list[Any]:
+    """The operations of one repo's release commit: add every file (path order), delete ``stale`` ones.
 
-    return [
+    Args:
+        plan: the repo's files.
+        stale: files on the branch that this release no longer has (e.g. a dropped quant type), so the tagged
+            commit holds exactly the release.
+    """
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    adds = [
         CommitOperationAdd(path_in_repo=name, path_or_fileobj=source if isinstance(source, bytes) else str(source))
         for name, source in plan.contents().items()
     ]
+    return adds + [CommitOperationDelete(path_in_repo=name) for name in sorted(stale or [])]
 
 
 def make_api(endpoint: str | None = None) -> Any:
@@ -93,9 +100,11 @@ def publish_repo(api: Any, plan: RepoPlan, *, version: str, private: bool) -> Pu
         if head is not None and not verify_remote(api, plan, revision=head):
             commit = head
         else:
+            keep = {*plan.contents(), ".gitattributes"}
+            stale = api.list_repo_files(repo, revision=head) if head is not None else []
             info = api.create_commit(
                 repo,
-                commit_operations(plan),
+                commit_operations(plan, stale=[f for f in stale if f not in keep]),
                 commit_message=f"Release {version}",
                 commit_description="Published by kollm: one commit per release, tagged, verified after upload.",
                 parent_commit=head,

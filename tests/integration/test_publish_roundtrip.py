@@ -190,6 +190,9 @@ def test_hub_commit_is_planned_up_to_the_wire(publish_release):
     for rec in gguf_plan.records:
         op = next(op for op in ops if op.path_in_repo == rec.path)
         assert (op.upload_info.sha256.hex(), op.upload_info.size) == (rec.sha256, rec.size)
+    with_stale = hub.commit_operations(gguf_plan, stale=["ko-tiny-Q2_K.gguf"])
+    assert [type(op).__name__ for op in with_stale[-2:]] == ["CommitOperationAdd", "CommitOperationDelete"]
+    assert with_stale[-1].path_in_repo == "ko-tiny-Q2_K.gguf"
     card = ModelCard(gguf_plan.generated["README.md"].decode("utf-8"))
     assert card.data.base_model == "my-org/ko-tiny"
     assert [(r.task_name, r.metric_value, r.dataset_revision) for r in card.data.eval_results] == [
