@@ -156,19 +156,12 @@ def publish(
     from kollm.config import load_release_spec
     from kollm.errors import SpecError
     from kollm.publish import publisher
-    from kollm.publish.plan import PublishConfig
+    from kollm.publish.plan import publish_config
 
     loaded = load_release_spec(spec, {"output_dir": output_dir, "publish": to, "version": version, "private": private})
     if not loaded.publish:
         raise SpecError(spec, ["'publish' is empty: set it in the spec or pass --to hf://org/name"])
-    cfg = PublishConfig(
-        target=loaded.publish,
-        name=loaded.name,
-        version=loaded.version or "",
-        private=loaded.private,
-        repo_layout=loaded.repo_layout,
-        license=loaded.license,
-    )
+    cfg = publish_config(loaded)
     records = publisher.load_scores(scores) if scores else None
     with err.status(f"publishing {loaded.name} {cfg.version} to {cfg.target}"):
         result = publisher.run(

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kollm.errors import PublishError
 from kollm.manifest import FileRecord
 from kollm.publish import ollama
 from kollm.publish.card import CardInputs, ScoreRecord, build_card
+
+if TYPE_CHECKING:
+    from kollm.config import ReleaseSpec
 
 REPO_MANIFEST = "kollm-manifest.json"
 # The org a git mirror's repos live under (olah serves <mirrors>/models/<org>/<name>).
@@ -41,6 +44,18 @@ class PublishConfig:
     private: bool = True
     repo_layout: Literal["per-format", "single"] = "per-format"
     license: str = "apache-2.0"
+
+
+def publish_config(spec: ReleaseSpec) -> PublishConfig:
+    """The publish settings of a release spec (whose validator guarantees a version when publish is set)."""
+    return PublishConfig(
+        target=spec.publish or "",
+        name=spec.name,
+        version=spec.version or "",
+        private=spec.private,
+        repo_layout=spec.repo_layout,
+        license=spec.license,
+    )
 
 
 @dataclass(frozen=True)

@@ -243,21 +243,13 @@ def run_release(spec: ReleaseSpec, *, spec_path: Path | None = None, show_progre
     published: list[str] = []
     if spec.publish:
         from kollm.publish import publisher
-        from kollm.publish.plan import PublishConfig
+        from kollm.publish.plan import publish_config
 
-        cfg = PublishConfig(
-            target=spec.publish,
-            name=spec.name,
-            version=spec.version or "",  # the spec validator requires a version whenever publish is set
-            private=spec.private,
-            repo_layout=spec.repo_layout,
-            license=spec.license,
-        )
         with (
             display.progress if display.progress is not None else _null(),
             display.step(f"publish {spec.version}", total=None),
         ):
-            result = publisher.run(cfg, out_dir=out)
+            result = publisher.run(publish_config(spec), out_dir=out)
         published = [r.location for r in result.repos]
     return ReleaseResult(out, manifest_path, rows, published, time.perf_counter() - started)
 
