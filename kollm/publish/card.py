@@ -62,6 +62,7 @@ class CardInputs:
     provenance: dict[str, Any] = field(default_factory=dict)
     gguf_files: list[str] = field(default_factory=list)
     safetensors_repo: str | None = None
+    pull_from: str | None = None  # kollm pull's source option for a non-Hub target, e.g. "--registry local:DIR"
 
 
 def eval_results(scores: list[ScoreRecord]) -> list[Any]:
@@ -152,8 +153,22 @@ def _scores_section(scores: list[ScoreRecord]) -> list[str]:
 
 def _usage_section(inputs: CardInputs) -> list[str]:
     lines = ["## How to run", ""]
-    if inputs.gguf_files:
-        quant = _default_quant(inputs.gguf_files)
+    if inputs.gguf_files and inputs.pull_from:
+        name = _default_file(inputs.gguf_files)
+        quant = _quant_of(name)
+        lines += [
+            "This repo is not on the Hub: pull the GGUF with kollm (verifies the sha256, writes an Ollama Modelfile "
+            "with the chat template and stop tokens), then run it with llama.cpp or Ollama:",
+            "",
+            "```sh",
+            f"kollm pull {inputs.repo_id}:{quant} {inputs.pull_from} --to ./models",
+            f"llama-server -m ./models/{name} --port 8080",
+            f"ollama create {inputs.repo_id.split('/')[-1].lower()} -f ./models/{name.removesuffix('.gguf')}.Modelfile",
+            "```",
+            "",
+        ]
+    elif inputs.gguf_files:
+        quant = _quant_of(_default_file(inputs.gguf_files))
         lines += [
             "llama.cpp (downloads the file and serves an OpenAI-compatible API):",
             "",
@@ -214,11 +229,15 @@ def _provenance_section(provenance: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def _default_quant(gguf_files: list[str]) -> str:
-    """The tag llama.cpp and Ollama pick by default when it exists: Q4_K_M, then Q8_0, else the first file."""
-    upper = [name.upper() for name in gguf_files]
+def _default_file(gguf_files: list[str]) -> str:
+    """The file llama.cpp and Ollama pick without a tag: Q4_K_M, then Q8_0, else the first GGUF."""
     for quant in ("Q4_K_M", "Q8_0"):
-        if any(f"-{quant}." in name for name in upper):
-            return quant
-    stem = gguf_files[0].rsplit(".", 1)[0]
-    return stem.rsplit("-", 1)[-1].upper()
+        for name in gguf_files:
+            if f"-{quant}." in name.upper():
+                return name
+    return gguf_files[0]
+
+
+def _quant_of(name: str) -> str:
+    """``ko-tiny-Q4_K_M.gguf`` -> ``Q4_K_M``."""
+    return name.rsplit(".", 1)[0].rsplit("-", 1)[-1].upper()

@@ -155,6 +155,7 @@ def build_plans(
             provenance={k: manifest.get(k) for k in _PROVENANCE_KEYS},
             gguf_files=gguf_files,
             safetensors_repo=safetensors_repo,
+            pull_from=_pull_from(target),
         )
         plan.generated["README.md"] = build_card(card).encode("utf-8")
         runtime: dict[str, Any] = {}
@@ -178,6 +179,15 @@ def build_plans(
         plan.generated[REPO_MANIFEST] = text.encode("utf-8")
         plans.append(plan)
     return plans
+
+
+def _pull_from(target: Target) -> str | None:
+    """How the card tells readers to reach a non-Hub repo with `kollm pull`."""
+    if target.scheme == "local":
+        return f"--registry local:{target.root}"
+    if target.scheme == "mirror":
+        return "--endpoint <URL of the olah server for this mirror> --revision <version>"
+    return None
 
 
 def _hub_base(manifest: dict[str, Any]) -> str | None:

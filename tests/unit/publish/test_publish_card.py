@@ -106,3 +106,10 @@ def test_score_below_threshold_fails_even_without_a_verdict():
 def test_score_outside_percent_is_rejected():
     with pytest.raises(ValueError):
         ScoreRecord.model_validate({**SCORES[0].model_dump(), "value": 0.49 * 1000})
+
+
+def test_local_registry_card_points_at_kollm_pull_not_the_hub():
+    text = _card(repo_id="ko-tiny-GGUF", pull_from="--registry local:/srv/registry").text
+    assert "kollm pull ko-tiny-GGUF:Q4_K_M --registry local:/srv/registry --to ./models" in text
+    assert "llama-server -m ./models/ko-tiny-Q4_K_M.gguf" in text
+    assert "-hf " not in text and "hf.co/" not in text
