@@ -182,11 +182,13 @@ def build_plans(
 
 
 def _pull_from(target: Target) -> str | None:
-    """How the card tells readers to reach a non-Hub repo with `kollm pull`."""
+    """How the card tells readers to reach a non-Hub repo with `kollm pull`.
+
+    A git mirror is served through the Hub's own API (olah), so its card is the Hub card, byte for byte: the
+    same release published to a mirror and to the Hub must not count as different content.
+    """
     if target.scheme == "local":
         return f"--registry local:{target.root}"
-    if target.scheme == "mirror":
-        return "--endpoint <URL of the olah server for this mirror> --revision <version>"
     return None
 
 
