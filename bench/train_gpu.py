@@ -2,7 +2,7 @@
 
 Both backends train the same LoRA (r=16, all linear layers, bf16) on the same random-init Qwen2.5-0.5B-shaped
 model and the same token ids, through trl's SFTTrainer. Each backend runs in its own process, because importing
-Unsloth patches transformers for the whole interpreter. Writes ``train_gpu.json`` and ``train_gpu.png``.
+Unsloth patches transformers for the whole interpreter. Writes ``<name>.json`` and ``<name>.png``.
 
     python bench/train_gpu.py --tokenizer DIR --out bench/results
 
@@ -156,6 +156,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokenizer", type=Path, help="HF tokenizer dir (default: the ko-tiny fixture's)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--name", default="train_gpu", help="file stem of the JSON and PNG written under --out")
     parser.add_argument("--work", type=Path, default=Path("/tmp/kollm-train-gpu"))
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=8)
@@ -224,9 +225,9 @@ def main() -> None:
         "failures": failures,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train_gpu.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    (args.out / f"{args.name}.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
     if results:
-        plot(results, args.out / "train_gpu.png")
+        plot(results, args.out / f"{args.name}.png")
     for r in results:
         print(
             f"{r['backend']:8s} {r['tokens_per_s']:10.0f} tok/s  {r['peak_vram_gib']:6.2f} GiB  loss {r['train_loss']:.3f}"

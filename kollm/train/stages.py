@@ -160,6 +160,8 @@ def run_stage(
         AdapterMismatchError: ``start_from`` was trained on another base.
     """
     start = time.perf_counter()
+    # Data first: a bad line should fail in a second, before any model or library loads.
+    records = train_data.read_for_stage(spec.stage, spec.data)
     backend = choose_backend(spec.backend)
     if on_backend:
         on_backend(backend)
@@ -167,7 +169,6 @@ def run_stage(
         import unsloth  # noqa: F401  (patches transformers/trl; must precede their import)
     from transformers import PrinterCallback, TrainerCallback
 
-    records = train_data.read_for_stage(spec.stage, spec.data)
     base = resolve(spec.base, revision=spec.base_revision, trust_remote_code=spec.trust_remote_code, what="base model")
     base_sha = sha256_tree(base.path)
     parents = _parents(spec.start_from)
@@ -189,7 +190,8 @@ def run_stage(
         trainer.remove_callback(PrinterCallback)  # progress is reported through on_step, not printed dicts
         trainer.train()
         tokens = int(trainer.state.num_input_tokens_seen)
-        model.save_pretrained(tmp)
+        # Only the trained adapter: trl's DPO may add a frozen 'ref' copy that is no part of the result.
+        model.save_pretrained(tmp, selected_adapters=["default"])
         tokenizer.save_pretrained(tmp)
         _rewrite_base_name(tmp, spec.base)
         _remove_tree(tmp / "work")
