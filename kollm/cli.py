@@ -223,6 +223,25 @@ def train_dpo(
     _train("dpo", spec, output_dir, backend)
 
 
+@train_app.command("tokenizer")
+def train_tokenizer(
+    base: Annotated[Path, typer.Argument(help="Base model directory (HF, byte-level BPE tokenizer).")],
+    corpus: Annotated[Path, typer.Argument(help="Korean corpus, one document a line.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="New base directory (extended tokenizer + model).")],
+    new_tokens: Annotated[int, typer.Option(help="How many Korean tokens to add.")] = 256,
+) -> None:
+    """Optional stage: add Korean tokens learned from CORPUS to BASE's tokenizer and resize its embeddings."""
+    from kollm.train.tokenizer import TokenizerConfig, extend_tokenizer
+
+    with err.status("learning Korean tokens"):
+        result = extend_tokenizer(TokenizerConfig(new_tokens=new_tokens), base_dir=base, corpus=corpus, out_dir=output)
+    out.print(
+        f"added {len(result.added)} tokens; Korean characters per token {result.chars_per_token_before:.3f} → "
+        f"{result.chars_per_token_after:.3f} → {result.out_dir}"
+    )
+    out.print("next: train CPT on it with lora.modules_to_save: [embed_tokens] (and lm_head if untied)")
+
+
 @data_app.command("prep")
 def data_prep(
     input_path: Annotated[Path, typer.Argument(metavar="IN", help="Raw data: .txt (one document a line) or JSONL.")],

@@ -108,7 +108,10 @@ def _load_hf(spec: TrainSpec, base_dir: Path, parents: list[Path]) -> tuple[Any,
     model = _merge_parents(model, parents)
     if spec.lora.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.training.gradient_checkpointing)
-    config = LoraConfig(task_type="CAUSAL_LM", **_lora_kwargs(spec))
+    # Tied embeddings trained via modules_to_save must stay tied in the saved adapter (peft#2777).
+    config = LoraConfig(
+        task_type="CAUSAL_LM", ensure_weight_tying=bool(spec.lora.modules_to_save), **_lora_kwargs(spec)
+    )
     return get_peft_model(model, config), tokenizer
 
 
