@@ -240,3 +240,20 @@ def _remove_tree(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def stage_provenance(adapter_dir: Path) -> dict[str, Any] | None:
+    """The training record of an adapter written by `kollm train`, for the release manifest (None otherwise).
+
+    Args:
+        adapter_dir: an adapter directory named in a release spec.
+
+    Returns:
+        Stage, backend, base hash, data hashes, hyperparameters, final loss, tokens seen, wall time and hardware.
+    """
+    path = Path(adapter_dir) / STAGE_MANIFEST
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    keys = ("name", "stage", "backend", "base", "parents", "data", "hyperparameters", "final_loss", "tokens_seen")
+    return {key: record.get(key) for key in (*keys, "wall_seconds", "hardware", "tool_versions")}

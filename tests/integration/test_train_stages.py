@@ -105,6 +105,9 @@ def test_trained_adapters_stack_and_merge_through_release(stages, ko_tiny, tmp_p
     )
     result = run_release(spec, show_progress=False)
     assert any("f16" in row.artifact for row in result.rows)
+    manifest = json.loads(result.manifest_path.read_text(encoding="utf-8"))
+    assert [a["training"]["stage"] for a in manifest["adapters"]] == ["cpt", "sft", "dpo"]
+    assert manifest["adapters"][2]["training"]["final_loss"] == stages[2]["dpo"].final_loss
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "merged", dtype=torch.float32)
     ref = AutoModelForCausalLM.from_pretrained(ko_tiny.base, dtype=torch.float32)
     base_only = AutoModelForCausalLM.from_pretrained(ko_tiny.base, dtype=torch.float32)
