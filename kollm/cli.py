@@ -185,6 +185,8 @@ def _train(stage: str, spec: Path, output_dir: Path | None, backend: str | None)
             on_backend=lambda name: err.print(f"backend: [bold]{name}[/bold]"),
             on_step=lambda step, total, loss: progress.update(task, completed=step, loss=f"{loss:.4f}"),
         )
+    if not result.main_process:
+        return  # under accelerate launch, rank 0 reports
     loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
     out.print(
         f"{stage} done with {result.backend} in {result.seconds:.1f} s: final loss {loss}, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class StageResult:
     final_loss: float | None = None
     tokens_seen: int = 0
     seconds: float = 0.0
+    main_process: bool = True  # False on the other ranks of a multi-GPU run, which write nothing
 
 
 def _parents(start_from: str | None) -> list[Path]:
@@ -185,16 +187,23 @@ def run_stage(
                     on_step(state.global_step, state.max_steps, float(logs["loss"]))
 
     out = Path(spec.output_dir)
+    work = out.parent / f".{out.name}.work"
+    trainer = _make_trainer(spec, model, tokenizer, records, _training_args(spec, work, backend), _Report())
+    trainer.remove_callback(PrinterCallback)  # progress is reported through on_step, not printed dicts
+    trainer.train()
+    tokens = int(trainer.state.num_input_tokens_seen)
+    # save_model is collective under FSDP/ZeRO-3 (it gathers the sharded weights) and writes on rank 0 only.
+    trainer.save_model(str(work / "adapter"))
+    if not trainer.is_world_process_zero():
+        return StageResult(out.resolve(), out.resolve() / STAGE_MANIFEST, backend, losses, None, tokens, 0.0, False)
     with atomic_path(out) as tmp:
-        trainer = _make_trainer(spec, model, tokenizer, records, _training_args(spec, tmp / "work", backend), _Report())
-        trainer.remove_callback(PrinterCallback)  # progress is reported through on_step, not printed dicts
-        trainer.train()
-        tokens = int(trainer.state.num_input_tokens_seen)
-        # Only the trained adapter: trl's DPO may add a frozen 'ref' copy that is no part of the result.
-        model.save_pretrained(tmp, selected_adapters=["default"])
-        tokenizer.save_pretrained(tmp)
+        tmp.mkdir()
+        # Top-level files only: trl's DPO may save a frozen 'ref' adapter copy in a subfolder.
+        for item in (work / "adapter").iterdir():
+            if item.is_file() and item.name != "training_args.bin":
+                shutil.copy2(item, tmp / item.name)
         _rewrite_base_name(tmp, spec.base)
-        _remove_tree(tmp / "work")
+        _remove_tree(work)
         adapter_sha = sha256_file(tmp / "adapter_model.safetensors")
         seconds = time.perf_counter() - start
         manifest = {
@@ -237,8 +246,6 @@ def _rewrite_base_name(adapter_dir: Path, base: str) -> None:
 
 
 def _remove_tree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
 
 
