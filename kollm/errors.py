@@ -249,6 +249,8 @@ class ChecksumMismatchError(KollmError):
             f"{path} has sha256 {actual}, but the release manifest records {expected}; the file was deleted.",
             hint="Re-run the pull; if it fails again the repo or a mirror is corrupt — report it to the publisher.",
         )
+
+
 # --- training ---------------------------------------------------------------------------------------------
 
 
