@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml
 	command -v git-lfs >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq git-lfs >/dev/null; } || echo "git-lfs unavailable: mirror tests will skip"
 	$(PY) -m pip install -q -e ".[hub-mirror]"
 	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m pip install -q -e ".[train]"
 	touch $(STAMP)
 
 demo: $(STAMP)

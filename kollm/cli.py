@@ -347,6 +347,126 @@ def doctor(
     out.print(table)
 
 
+train_app = typer.Typer(help="Train LoRA adapters: cpt → sft → dpo, each from a YAML spec.", no_args_is_help=True)
+data_app = typer.Typer(help="Prepare Korean training data.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(data_app, name="data")
+_SPEC_HELP = "Train spec (YAML), e.g. release/train/ko-tiny-sft.yaml."
+_OUT_HELP = "Override output_dir."
+
+
+def _train(stage: str, spec: Path, output_dir: Path | None, backend: str | None) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from kollm.errors import SpecError
+    from kollm.train.spec import load_train_spec
+    from kollm.train.stages import run_stage
+
+    loaded = load_train_spec(spec, {"output_dir": output_dir, "backend": backend})
+    if loaded.stage != stage:
+        raise SpecError(spec, [f"'stage' is {loaded.stage}, but this is `kollm train {stage}`"])
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, TextColumn("loss {task.fields[loss]}"), console=err) as progress:
+        task = progress.add_task(f"{stage} {loaded.name}", total=loaded.training.max_steps, loss="-")
+        result = run_stage(
+            loaded,
+            on_backend=lambda name: err.print(f"backend: [bold]{name}[/bold]"),
+            on_step=lambda step, total, loss: progress.update(task, completed=step, loss=f"{loss:.4f}"),
+        )
+    if not result.main_process:
+        return  # under accelerate launch, rank 0 reports
+    loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
+    out.print(
+        f"{stage} done with {result.backend} in {result.seconds:.1f} s: final loss {loss}, "
+        f"{result.tokens_seen} tokens → {result.adapter_dir}"
+    )
+    out.print(f"manifest: {result.manifest_path}")
+
+
+@train_app.command("cpt")
+def train_cpt(
+    spec: Annotated[Path, typer.Argument(help=_SPEC_HELP)],
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help=_OUT_HELP)] = None,
+    backend: Annotated[str | None, typer.Option(help="Override backend: auto, hf or unsloth.")] = None,
+) -> None:
+    """Continued pre-training on raw Korean text (packed blocks)."""
+    _train("cpt", spec, output_dir, backend)
+
+
+@train_app.command("sft")
+def train_sft(
+    spec: Annotated[Path, typer.Argument(help=_SPEC_HELP)],
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help=_OUT_HELP)] = None,
+    backend: Annotated[str | None, typer.Option(help="Override backend: auto, hf or unsloth.")] = None,
+) -> None:
+    """Supervised fine-tuning on chat or instruction data; loss on assistant tokens only."""
+    _train("sft", spec, output_dir, backend)
+
+
+@train_app.command("dpo")
+def train_dpo(
+    spec: Annotated[Path, typer.Argument(help=_SPEC_HELP)],
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help=_OUT_HELP)] = None,
+    backend: Annotated[str | None, typer.Option(help="Override backend: auto, hf or unsloth.")] = None,
+) -> None:
+    """Direct preference optimisation on prompt/chosen/rejected pairs."""
+    _train("dpo", spec, output_dir, backend)
+
+
+@train_app.command("tokenizer")
+def train_tokenizer(
+    base: Annotated[Path, typer.Argument(help="Base model directory (HF, byte-level BPE tokenizer).")],
+    corpus: Annotated[Path, typer.Argument(help="Korean corpus, one document a line.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="New base directory (extended tokenizer + model).")],
+    new_tokens: Annotated[int, typer.Option(help="How many Korean tokens to add.")] = 256,
+) -> None:
+    """Optional stage: add Korean tokens learned from CORPUS to BASE's tokenizer and resize its embeddings."""
+    from kollm.train.tokenizer import TokenizerConfig, extend_tokenizer
+
+    with err.status("learning Korean tokens"):
+        result = extend_tokenizer(TokenizerConfig(new_tokens=new_tokens), base_dir=base, corpus=corpus, out_dir=output)
+    out.print(
+        f"added {len(result.added)} tokens; Korean characters per token {result.chars_per_token_before:.3f} → "
+        f"{result.chars_per_token_after:.3f} → {result.out_dir}"
+    )
+    out.print("next: train CPT on it with lora.modules_to_save: [embed_tokens] (and lm_head if untied)")
+
+
+@data_app.command("prep")
+def data_prep(
+    input_path: Annotated[Path, typer.Argument(metavar="IN", help="Raw data: .txt (one document a line) or JSONL.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Cleaned file (same format as IN).")],
+    report: Annotated[Path | None, typer.Option(help="Also write the drop report as JSON here.")] = None,
+    min_korean_ratio: Annotated[float, typer.Option(help="Drop texts whose Hangul share of letters is lower.")] = 0.5,
+    min_chars: Annotated[int, typer.Option(help="Drop texts shorter than this (characters).")] = 10,
+    max_chars: Annotated[int, typer.Option(help="Drop texts longer than this (characters).")] = 20000,
+    near_dup_threshold: Annotated[
+        float, typer.Option(help="MinHash Jaccard above which texts are near-duplicates.")
+    ] = 0.8,
+    nfkc: Annotated[bool, typer.Option(help="NFKC instead of NFC (also folds full-width forms).")] = False,
+) -> None:
+    """Clean Korean data: normalise, strip HTML, dedupe (exact + MinHash), filter, mask PII; report drops."""
+    from kollm.train.prep import PrepConfig, run_prep
+
+    cfg = PrepConfig(
+        min_korean_ratio=min_korean_ratio,
+        min_chars=min_chars,
+        max_chars=max_chars,
+        near_dup_threshold=near_dup_threshold,
+        normalization="NFKC" if nfkc else "NFC",
+    )
+    result = run_prep(cfg, input_path=input_path, output_path=output, report_path=report)
+    table = Table(title=f"kollm data prep {input_path.name}: kept {result.kept} of {result.total}")
+    table.add_column("reason")
+    table.add_column("dropped / masked", justify="right")
+    for reason, count in sorted(result.dropped.items()):
+        table.add_row(f"dropped: {reason}", str(count))
+    for kind, count in sorted(result.masked.items()):
+        table.add_row(f"masked: {kind}", str(count))
+    out.print(table)
+    out.print(f"wrote {result.output_path}" + (f", report {report}" if report else ""))
+
+
 def _parse_size(text: str) -> int:
     units = {"KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4, "B": 1}
     upper = text.strip().upper()
@@ -381,3 +501,7 @@ def main() -> None:
         err.print("interrupted; re-run the same command to resume")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":  # `accelerate launch -m kollm.cli train ...` runs the CLI as a module
+    main()

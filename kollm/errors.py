@@ -271,3 +271,28 @@ class ChecksumMismatchError(KollmError):
             f"{path} has sha256 {actual}, but the release manifest records {expected}; the file was deleted.",
             hint="Re-run the pull; if it fails again the repo or a mirror is corrupt — report it to the publisher.",
         )
+
+
+# --- training ---------------------------------------------------------------------------------------------
+
+
+class DataFormatError(KollmError):
+    """A training or prep data file has a bad record; names the file and the 1-based line."""
+
+    exit_code = 2
+
+    def __init__(self, path: Path | str, line: int | None, detail: str, *, hint: str | None = None) -> None:
+        self.path = str(path)
+        self.line = line
+        where = f"{self.path}, line {line}" if line is not None else self.path
+        super().__init__(f"{where}: {detail}.", hint=hint or "Fix or remove that record and run again.")
+
+
+class BackendUnavailableError(KollmError):
+    """The requested training backend cannot run here (e.g. Unsloth without a CUDA GPU)."""
+
+    exit_code = 4
+
+    def __init__(self, backend: str, detail: str, *, hint: str) -> None:
+        self.backend = backend
+        super().__init__(f"training backend '{backend}' is unavailable: {detail}.", hint=hint)

@@ -36,6 +36,7 @@ from kollm.manifest import (
 )
 from kollm.release import gguf, merge, verify_gguf
 from kollm.release.inputs import ResolvedInput, resolve
+from kollm.train.stages import stage_provenance
 
 _TOOLS = (
     "torch",
@@ -226,7 +227,10 @@ def run_release(spec: ReleaseSpec, *, spec_path: Path | None = None, show_progre
             "revision": base.revision,
             "files_sha256": merged.base_files,
         },
-        "adapters": [{"source": a.source, **vars(p)} for a, p in zip(adapters, merged.adapters, strict=True)],
+        "adapters": [
+            {"source": a.source, **vars(p), "training": stage_provenance(a.path)}
+            for a, p in zip(adapters, merged.adapters, strict=True)
+        ],
         "merge": {"engine": "kollm-streaming", "config_changes": merged.config_changes},
         "gguf": {
             "pre_tokenizer": gguf_result.pre_tokenizer,
