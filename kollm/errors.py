@@ -227,7 +227,8 @@ class GateSyntaxError(KollmError):
         self.detail = detail
         super().__init__(
             f"Gate '{gate}': {detail}.",
-            hint=hint or "Write gates as SUITE>=PERCENT (kmmlu>=78) or ARTIFACT.SUITE>=ARTIFACT.SUITE-POINTS "
+            hint=hint
+            or "Write gates as SUITE>=PERCENT (kmmlu>=78) or ARTIFACT.SUITE>=ARTIFACT.SUITE-POINTS "
             "(q4_k_m.kmmlu>=bf16.kmmlu-1.5).",
         )
 
@@ -254,7 +255,7 @@ class GateFailedError(KollmError):
         self.failed = failed or [metric]
         more = f" ({len(self.failed)} gates failed: {'; '.join(self.failed)})" if len(self.failed) > 1 else ""
         super().__init__(
-            f"Gate '{metric}' failed: scored {actual:.2f}, needs {threshold:.2f}{more}. Nothing was published.",
-            hint="See the gate table and eval/results.json next to the artifacts; fix the model or the gate, "
-            "then re-run `kollm release` (finished exports are reused).",
+            f"Gate '{metric}' failed: scored {actual:.2f}, needs {threshold:.2f}{more}.",
+            hint="A release publishes nothing when a gate fails. See the gate table and eval/results.json next to "
+            "the artifacts; fix the model or the gate, then re-run the command.",
         )

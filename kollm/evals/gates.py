@@ -24,7 +24,9 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 _OPERAND = r"(?:(?P<{p}art>[A-Za-z0-9][A-Za-z0-9_]*)\.)?(?P<{p}suite>[A-Za-z][A-Za-z0-9_]*)"
 _GATE = re.compile(
     r"^\s*" + _OPERAND.format(p="l") + r"\s*(?P<op>>=|<=|>|<)\s*"
-    r"(?:(?P<number>[+-]?\d+(?:\.\d+)?)|" + _OPERAND.format(p="r") + r"\s*(?:(?P<sign>[+-])\s*(?P<offset>\d+(?:\.\d+)?))?)"
+    r"(?:(?P<number>[+-]?\d+(?:\.\d+)?)|"
+    + _OPERAND.format(p="r")
+    + r"\s*(?:(?P<sign>[+-])\s*(?P<offset>\d+(?:\.\d+)?))?)"
     r"\s*%?\s*$"
 )
 

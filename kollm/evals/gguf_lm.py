@@ -77,7 +77,9 @@ class GGUFLM(TemplateLM):
             greedy = greedy and int(row.argmax()) == ids[i]
         return total, greedy
 
-    def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(
+        self, requests: list, disable_tqdm: bool = False, **kwargs: Any
+    ) -> list[tuple[float, bool]]:
         from tqdm import tqdm
 
         results = []

@@ -152,8 +152,9 @@ CHECKS: dict[str, Check] = {
     "length_constraints:number_sentences": lambda r, kw: _compare(
         kt.count_sentences(r), kw["relation"], kw["num_sentences"]
     ),
-    "length_constraints:number_paragraphs": lambda r, kw: (p := _paragraphs_by_divider(r)) is not None
-    and len(p) == kw["num_paragraphs"],
+    "length_constraints:number_paragraphs": lambda r, kw: (
+        (p := _paragraphs_by_divider(r)) is not None and len(p) == kw["num_paragraphs"]
+    ),
     "length_constraints:number_words": lambda r, kw: _compare(kt.count_words(r), kw["relation"], kw["num_words"]),
     "length_constraints:nth_paragraph_first_word": _nth_paragraph_first_word,
     "detectable_content:number_placeholders": lambda r, kw: len(re.findall(r"\[.*?\]", r)) >= kw["num_placeholders"],
@@ -165,7 +166,9 @@ CHECKS: dict[str, Check] = {
     "detectable_format:json_format": lambda r, kw: _is_json(r),
     "detectable_format:title": lambda r, kw: any(t.strip() for t in re.findall(r"<<([^\n]+)>>", r)),
     "combination:two_responses": lambda r, kw: _two_responses(r),
-    "combination:repeat_prompt": lambda r, kw: r.strip().lower().startswith(str(kw["prompt_to_repeat"]).strip().lower()),
+    "combination:repeat_prompt": lambda r, kw: (
+        r.strip().lower().startswith(str(kw["prompt_to_repeat"]).strip().lower())
+    ),
     "startend:end_checker": _end_phrase,
     "startend:quotation": lambda r, kw: _quotation(r),
     "change_case:capital_word_frequency": _capital_words,

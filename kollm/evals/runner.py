@@ -112,7 +112,9 @@ def _server_models(url: str, cfg: EvalConfig, *, need_chat: bool) -> tuple[Any, 
     try:
         listing = requests.get(f"{base}/v1/models", headers=headers, timeout=30)
     except requests.RequestException as e:
-        raise EvalRunError(f"cannot reach {base}/v1/models ({e})", hint="Start the server first (`kollm serve`).") from e
+        raise EvalRunError(
+            f"cannot reach {base}/v1/models ({e})", hint="Start the server first (`kollm serve`)."
+        ) from e
     if listing.status_code != 200:
         raise EvalRunError(
             f"{base}/v1/models answered HTTP {listing.status_code}",
