@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 import unicodedata
 
-# Sentence ends: terminal punctuation (ASCII, full-width, ellipsis) optionally followed by closing quotes or
-# brackets, then whitespace; or a line break. Decimals ("3.5") and versions ("v1.2") never split because
+# Sentence ends: terminal punctuation (ASCII, full-width, ellipsis), optionally followed by one closing quote or
+# bracket, then whitespace; or a line break. Decimals ("3.5") and versions ("v1.2") never split because
 # no whitespace follows the dot.
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？…])[\"'”’」』)\]]*\s+|\n+")
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？…][\"'”’」』)\]])\s+|(?<=[.!?。！？…])\s+|\n+")
 _WORD_CHAR = re.compile(r"[0-9A-Za-z\u3131-\u318e\uac00-\ud7a3\u4e00-\u9fff\u3040-\u30ff\u0400-\u04ff]")
 _TRAILING = "\"'”’」』)]}.!?。！？…~·,;: \t\n"
 
