@@ -122,7 +122,7 @@ class ReleaseSpec(BaseModel):
             try:
                 parse_gate(text)
             except GateSyntaxError as e:
-                raise ValueError(str(e)) from e
+                raise ValueError(str(e).rstrip(".")) from e
         return value
 
     @field_validator("name")

@@ -55,3 +55,16 @@ def test_check_compares_absolute_and_relative_gates():
     assert [o.passed for o in outcomes] == [True, False, False]
     assert outcomes[1].threshold == pytest.approx(50.5)
     assert outcomes[0].stderr == 1.1
+
+
+def test_release_spec_rejects_a_fraction_gate(tmp_path):
+    from kollm.config import load_release_spec
+    from kollm.errors import SpecError
+
+    spec = tmp_path / "r.yaml"
+    spec.write_text("name: x\nbase: fixture:ko-tiny\ngates: ['kmmlu>=78', 'click>=0.83']\n", encoding="utf-8")
+    with pytest.raises(SpecError) as info:
+        load_release_spec(spec)
+    assert "Gate 'click>=0.83'" in info.value.message and "percentages" in info.value.message
+    spec.write_text("name: x\nbase: fixture:ko-tiny\ngates: ['kmmlu>=78']\neval: {limit: 5}\n", encoding="utf-8")
+    assert load_release_spec(spec).eval.limit == 5
