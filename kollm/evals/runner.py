@@ -170,7 +170,8 @@ def run(cfg: EvalConfig, *, model: str, progress: Progress | None = None) -> Eva
     result = EvalResult(model=model, kind=kind, scores={})
     with tempfile.TemporaryDirectory(prefix="kollm-evalsuites-") as tmp:
         include = suites_mod.render_include_dir(planned, Path(tmp), data_dir=cfg.data_dir)
-        manager = TaskManager(include_path=str(include))
+        paths = [str(include), *(str(d) for d in suites_mod.builtin_dirs(planned))]
+        manager = TaskManager(include_path=paths, include_defaults=False)
         missing = [t for s in planned for t in s.tasks if t not in manager.all_tasks]
         if missing:
             raise EvalRunError(

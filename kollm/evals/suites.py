@@ -28,6 +28,11 @@ class HubSource(BaseModel):
     tasks: list[str] = Field(min_length=1, description="lm-eval task or group names.")
     dataset: str = Field(description="Hub dataset id the tasks read.")
     revision: str = Field(description="Dataset revision the scores are for.")
+    builtin_dir: str | None = Field(
+        None,
+        description="Folder under lm_eval/tasks/ holding built-in tasks; kollm indexes only these folders, since "
+        "indexing all of lm-eval's tasks costs 10-30 s per run.",
+    )
 
 
 class OfflineSource(BaseModel):
@@ -166,6 +171,14 @@ def _check_jsonl(suite: str, path: Path) -> None:
         unknown = unknown_instructions(item.get("instruction_id_list", []))
         if unknown:
             raise EvalDataMissingError(suite, path, f"line {number} uses instructions kollm cannot check: {unknown}")
+
+
+def builtin_dirs(planned: list[PlannedSuite]) -> list[Path]:
+    """lm-eval's own task folders the planned suites need (none offline)."""
+    import lm_eval.tasks
+
+    root = Path(lm_eval.tasks.__file__).parent
+    return [root / s.spec.hub.builtin_dir for s in planned if s.mode == "hub" and s.spec.hub.builtin_dir]
 
 
 def render_include_dir(planned: list[PlannedSuite], target: Path, *, data_dir: Path | None = None) -> Path:

@@ -19,7 +19,9 @@ def task_manager(tmp_path_factory):
 
     planned = suites.plan(sorted(SUITES), offline=True)
     include = suites.render_include_dir(planned, tmp_path_factory.mktemp("include"))
-    return TaskManager(include_path=str(include))
+    builtin = suites.builtin_dirs(suites.plan(sorted(SUITES), offline=False))
+    # Exactly the folders the runner indexes: kollm's tasks plus the built-in folders suites.yaml names.
+    return TaskManager(include_path=[str(include), *map(str, builtin)], include_defaults=False)
 
 
 def test_every_task_name_is_known_to_lm_eval(task_manager):
