@@ -8,14 +8,11 @@ continuation's log-probability is the sum of log-softmax(logits[i-1])[token[i]].
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from lm_eval.api.model import TemplateLM
-
-logger = logging.getLogger(__name__)
 
 
 def _log_softmax(row: np.ndarray) -> np.ndarray:

@@ -161,6 +161,8 @@ def run(cfg: EvalConfig, *, model: str, progress: Progress | None = None) -> Eva
     planned = suites_mod.plan(cfg.suites, data_dir=cfg.data_dir, offline=cfg.offline, suites_file=cfg.suites_file)
     kind = model_kind(model)
     _require_lm_eval()
+    for suite in planned:
+        logger.info("suite %s: %s", suite.name, suite.protocol)
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
