@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	# torch first: anything else that asks for torch must find it already satisfied (no CUDA wheels on CPU hosts)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[release,eval,dev]"
+	# publish tests: git-lfs for the git-mirror publisher (apt, as root in CI), olah to serve the mirror
+	command -v git-lfs >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq git-lfs >/dev/null; } || echo "git-lfs unavailable: mirror tests will skip"
+	$(PY) -m pip install -q -e ".[hub-mirror]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -234,6 +234,75 @@ def eval_(
 
 
 @app.command()
+def publish(
+    spec: Annotated[Path, typer.Argument(help="Release spec (YAML) of a release already built with `kollm release`.")],
+    to: Annotated[
+        str | None, typer.Option("--to", help="Override the target: hf://org/name, local:DIR, mirror:DIR.")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="Override the version tag, e.g. v1.2.0.")] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Override output_dir.")] = None,
+    scores: Annotated[Path | None, typer.Option(help="Gate score records (JSON/YAML list) for the card.")] = None,
+    private: Annotated[bool | None, typer.Option("--private/--public", help="Hub visibility of new repos.")] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="Hub endpoint URL (default: HF_ENDPOINT or huggingface.co).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print every file and card; touch no network.")] = False,
+) -> None:
+    """Publish a built release: one verified, tagged commit per repo. Token: HF_TOKEN or `hf auth login`."""
+    from kollm.config import load_release_spec
+    from kollm.errors import SpecError
+    from kollm.publish import publisher
+    from kollm.publish.plan import publish_config
+
+    loaded = load_release_spec(spec, {"output_dir": output_dir, "publish": to, "version": version, "private": private})
+    if not loaded.publish:
+        raise SpecError(spec, ["'publish' is empty: set it in the spec or pass --to hf://org/name"])
+    cfg = publish_config(loaded)
+    records = publisher.load_scores(scores) if scores else None
+    with err.status(f"publishing {loaded.name} {cfg.version} to {cfg.target}"):
+        result = publisher.run(
+            cfg, out_dir=loaded.out_dir.resolve(), scores=records, dry_run=dry_run, endpoint=endpoint
+        )
+    for plan in result.plans:
+        table = Table(title=f"{plan.repo_id} @ {cfg.version}" + ("  (dry run)" if dry_run else ""))
+        for column in ("file", "size", "sha256 / source"):
+            table.add_column(column)
+        for name, source in plan.contents().items():
+            size = len(source) if isinstance(source, bytes) else source.stat().st_size
+            record = next((r for r in plan.records if r.path == name), None)
+            table.add_row(name, _human(size), record.sha256 if record else "generated")
+        out.print(table)
+        if dry_run:
+            out.print(plan.generated["README.md"].decode("utf-8"), markup=False, highlight=False)
+    for repo in result.repos:
+        out.print(f"{repo.status}: {repo.repo}@{repo.revision} → {repo.location}")
+
+
+@app.command()
+def pull(
+    ref: Annotated[str, typer.Argument(help="org/name-GGUF[:QUANT], QUANT as in `llama-cli -hf` (default Q4_K_M).")],
+    to: Annotated[Path, typer.Option("--to", help="Directory for the GGUF and its Ollama Modelfile.")] = Path("models"),
+    registry: Annotated[str | None, typer.Option(help="Pull from a local registry: local:DIR.")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="Hub-compatible server URL (default: huggingface.co).")] = None,
+    revision: Annotated[str, typer.Option(help="Branch or release tag, e.g. v1.2.0.")] = "main",
+) -> None:
+    """Download one GGUF, verify its sha256 against the release manifest, write an Ollama Modelfile."""
+    from kollm.publish import pull as pull_stage
+
+    root = Path(registry.removeprefix("local:")).expanduser() if registry else None
+    if registry and not registry.startswith("local:"):
+        raise KollmError(f"--registry '{registry}' is not a local registry.", hint="Use --registry local:DIR.")
+    cfg = pull_stage.PullConfig(ref=ref, to=to, registry=root, endpoint=endpoint, revision=revision)
+    with err.status(f"pulling {ref}"):
+        result = pull_stage.run(cfg)
+    out.print(f"verified {result.path} ({_human(result.path.stat().st_size)}, sha256 {result.sha256})")
+    out.print(f"release {result.repo}@{result.revision}; stop tokens: {', '.join(result.stops)}")
+    out.print(f"Ollama Modelfile: {result.modelfile}")
+    for label, command in result.commands.items():
+        out.print(f"  {label}: {command}", markup=False, highlight=False)
+
+
+@app.command()
 def doctor(
     prepare: Annotated[bool, typer.Option(help="Also fetch and cache the llama.cpp converter.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

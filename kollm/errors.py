@@ -181,6 +181,60 @@ class OutputPathError(KollmError):
         )
 
 
+# --- publish and pull -----------------------------------------------------------------------------------
+
+
+class PublishError(KollmError):
+    """A publish target refused the release or could not be reached."""
+
+    exit_code = 8
+
+    def __init__(self, target: str, detail: str, *, hint: str | None = None) -> None:
+        self.target = target
+        self.detail = detail
+        super().__init__(f"Publishing to {target} failed: {detail}", hint=hint)
+
+
+class TagConflictError(KollmError):
+    """The release's version tag already exists in a repo with different content; tags are never overwritten."""
+
+    exit_code = 8
+
+    def __init__(self, repo: str, tag: str, detail: str) -> None:
+        self.repo = repo
+        self.tag = tag
+        super().__init__(
+            f"{repo} already has tag {tag} with different content ({detail}); kollm never moves a published tag.",
+            hint="Bump `version:` in the release spec (e.g. v1.2.1) and re-run.",
+        )
+
+
+class PullError(KollmError):
+    """A model could not be found or downloaded."""
+
+    exit_code = 9
+
+    def __init__(self, repo: str, detail: str, *, hint: str | None = None) -> None:
+        self.repo = repo
+        self.detail = detail
+        super().__init__(f"Cannot pull {repo}: {detail}", hint=hint)
+
+
+class ChecksumMismatchError(KollmError):
+    """A downloaded file does not match the sha256 the release manifest records for it."""
+
+    exit_code = 9
+
+    def __init__(self, path: str, expected: str, actual: str) -> None:
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{path} has sha256 {actual}, but the release manifest records {expected}; the file was deleted.",
+            hint="Re-run the pull; if it fails again the repo or a mirror is corrupt — report it to the publisher.",
+        )
+
+
 # --- evaluation and gates ---------------------------------------------------------------------------------
 
 
@@ -236,7 +290,7 @@ class GateSyntaxError(KollmError):
 class EvalRunError(KollmError):
     """lm-eval failed, or produced results kollm refuses to trust (e.g. every choice scored the same)."""
 
-    exit_code = 7
+    exit_code = 10
 
     def __init__(self, detail: str, *, hint: str | None = None) -> None:
         self.detail = detail
@@ -246,16 +300,19 @@ class EvalRunError(KollmError):
 class GateFailedError(KollmError):
     """A release gate did not pass; nothing was published."""
 
-    exit_code = 8
+    exit_code = 7
 
-    def __init__(self, metric: str, threshold: float, actual: float, *, failed: list[str] | None = None) -> None:
+    def __init__(self, metric: str, threshold: float | None, actual: float, *, failed: list[str] | None = None) -> None:
         self.metric = metric
+        self.gate = metric  # the publish stage's name for it
         self.threshold = threshold
         self.actual = actual
         self.failed = failed or [metric]
         more = f" ({len(self.failed)} gates failed: {'; '.join(self.failed)})" if len(self.failed) > 1 else ""
         super().__init__(
-            f"Gate '{metric}' failed: scored {actual:.2f}, needs {threshold:.2f}{more}.",
+            f"Gate '{metric}' failed: scored {actual:.2f}"
+            + (f", needs {threshold:.2f}" if threshold is not None else "")
+            + f"{more}.",
             hint="A release publishes nothing when a gate fails. See the gate table and eval/results.json next to "
             "the artifacts; fix the model or the gate, then re-run the command.",
         )

@@ -41,6 +41,33 @@ def gate_rows(outcomes: list[GateOutcome]) -> list[dict[str, Any]]:
     return rows
 
 
+def score_records(outcomes: list[GateOutcome], results: dict[str, EvalResult]) -> list[dict[str, Any]]:
+    """One record per gate in the publish stage's ScoreRecord shape (percent), for cards and the publish check."""
+    records = []
+    for o in outcomes:
+        score = results[o.gate.left.artifact].scores[o.gate.left.suite]
+        p = score.protocol
+        at_least = o.gate.op in (">=", ">")
+        records.append(
+            {
+                "gate": o.gate.text,
+                "task": ",".join(p["tasks"]),
+                "metric": p["metric"],
+                "value": round(o.actual, 4),
+                "stderr": round(o.stderr, 4) if o.stderr is not None else None,
+                "dataset_id": p["dataset"] if p["mode"] == "hub" else f"kollm-offline:{p['dataset']}",
+                "dataset_revision": p["revision"],
+                "n_shot": p["num_fewshot"],
+                "protocol": f"artifact {o.gate.left.artifact}; chat template {'on' if p['chat_template'] else 'off'}; "
+                f"{p['aggregation']} average; {o.gate.op} {o.threshold:.2f}",
+                # Only lower bounds map onto a card's threshold; the protocol string keeps the exact comparison.
+                "threshold": min(100.0, max(0.0, round(o.threshold, 4))) if at_least else None,
+                "passed": o.passed,
+            }
+        )
+    return records
+
+
 def payload(results: dict[str, EvalResult], outcomes: list[GateOutcome]) -> dict[str, Any]:
     """The results JSON: scores per artifact and suite with their protocol, gates, lm-eval's raw output."""
     return {

@@ -37,7 +37,6 @@ from kollm.manifest import (
     tool_versions,
     write_json_atomic,
 )
-from kollm.publish import local
 from kollm.release import gguf, merge, verify_gguf
 from kollm.release.inputs import ResolvedInput, resolve
 
@@ -273,6 +272,8 @@ def run_release(spec: ReleaseSpec, *, spec_path: Path | None = None, show_progre
         }
         if gate_result
         else None,
+        # The publisher re-checks these and turns them into the cards' model-index (kollm.publish.card.ScoreRecord).
+        "scores": eval_report.score_records(gate_result.outcomes, gate_result.results) if gate_result else [],
     }
     manifest_path = out / MANIFEST_NAME
     write_json_atomic(manifest_path, manifest)
@@ -287,13 +288,15 @@ def run_release(spec: ReleaseSpec, *, spec_path: Path | None = None, show_progre
 
     published: list[str] = []
     if spec.publish:
-        repos = []
-        if spec.exports.safetensors:
-            repos.append(local.RepoFiles(spec.name, {p.name: p for p in merged_dir.iterdir() if p.is_file()}))
-        if gguf_result:
-            repos.append(local.RepoFiles(f"{spec.name}-GGUF", {f.path.name: f.path for f in gguf_result.files}))
-        done = local.publish(local.parse_target(spec.publish), repos, manifest)
-        published = [str(r.path) for r in done]
+        from kollm.publish import publisher
+        from kollm.publish.plan import publish_config
+
+        with (
+            display.progress if display.progress is not None else _null(),
+            display.step(f"publish {spec.version}", total=None),
+        ):
+            result = publisher.run(publish_config(spec), out_dir=out)
+        published = [r.location for r in result.repos]
     gates = eval_report.gate_rows(gate_result.outcomes) if gate_result else []
     return ReleaseResult(out, manifest_path, rows, published, time.perf_counter() - started, gates)
 

@@ -46,7 +46,7 @@ def test_adapter_for_another_base_is_refused_and_nothing_is_left(kollm_cli, tmp_
 
 
 def test_unknown_quant_type_suggests_the_fix(kollm_cli, tmp_path):
-    spec = _spec(tmp_path, "name: x\nbase: fixture:ko-tiny\nexports: {gguf: [q4_k_n]}\n")
+    spec = _spec(tmp_path, "name: x\nbase: fixture:ko-tiny\nexports: {gguf: [q4km]}\n")
     done = kollm_cli("release", str(spec))
     _assert_clean_failure(done, 2, "exports.gguf", "Did you mean 'q4_k_m'?")
 

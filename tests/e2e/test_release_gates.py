@@ -32,7 +32,7 @@ def failed_release(kollm_cli, tmp_path_factory):
 
 def test_exit_code_and_message_name_the_failed_gate(failed_release):
     _, done = failed_release
-    assert done.returncode == 8, done.stderr[-3000:]
+    assert done.returncode == 7, done.stderr[-3000:]  # GateFailedError.exit_code
     assert "Gate 'kmmlu>=99' failed" in done.stderr
     assert "Traceback" not in done.stderr
 
