@@ -18,6 +18,7 @@ def failed_release(kollm_cli, tmp_path_factory):
         "adapters": ["fixture:ko-tiny/sft"],
         "exports": {"safetensors": True, "gguf": ["f16"]},
         "publish": f"local:{root / 'registry'}",
+        "version": "v0.0.1",
         "output_dir": str(root / "out"),
         # Passes: the f16 GGUF answers like the merged model it came from.
         "gates": ["f16.kmmlu>=merged.kmmlu-0.01"],
