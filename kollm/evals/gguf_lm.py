@@ -20,15 +20,28 @@ def _log_softmax(row: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum())
 
 
+def _training_context(path: Path) -> int | None:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    arch_field = reader.fields.get("general.architecture")
+    if arch_field is None:
+        return None
+    arch = bytes(arch_field.parts[arch_field.data[0]]).decode()
+    field = reader.fields.get(f"{arch}.context_length")
+    return int(field.parts[field.data[0]][0]) if field is not None else None
+
+
 class GGUFLM(TemplateLM):
     """Loglikelihood and greedy generation over one loaded GGUF model."""
 
-    def __init__(self, path: Path, *, n_ctx: int = 4096, max_gen_toks: int = 256, n_threads: int | None = None) -> None:
+    def __init__(self, path: Path, *, n_ctx: int = 2048, max_gen_toks: int = 256, n_threads: int | None = None) -> None:
         """Load the model once for every suite.
 
         Args:
             path: the .gguf file.
-            n_ctx: context window; prompts longer than this are cut from the left.
+            n_ctx: context window, capped at the model's training context; prompts longer than this are cut from
+                the left. Kept small because ``logits_all`` holds n_ctx x vocabulary floats.
             max_gen_toks: default generation budget when a task sets none.
             n_threads: CPU threads (default: llama.cpp's choice).
         """
@@ -36,6 +49,7 @@ class GGUFLM(TemplateLM):
 
         super().__init__()
         self.path = Path(path)
+        n_ctx = min(n_ctx, _training_context(self.path) or n_ctx)
         self.llm = Llama(
             model_path=str(self.path),
             n_ctx=n_ctx,

@@ -8,6 +8,7 @@ from typing import Any
 
 from kollm.evals.gates import GateOutcome
 from kollm.evals.runner import EvalResult
+from kollm.evals.suites import SAMPLE_DATA_DIR
 from kollm.manifest import atomic_path, tool_versions, write_json_atomic
 
 RESULTS_NAME = "results.json"
@@ -55,7 +56,7 @@ def score_records(outcomes: list[GateOutcome], results: dict[str, EvalResult]) -
                 "metric": p["metric"],
                 "value": round(o.actual, 4),
                 "stderr": round(o.stderr, 4) if o.stderr is not None else None,
-                "dataset_id": p["dataset"] if p["mode"] == "hub" else f"kollm-offline:{p['dataset']}",
+                "dataset_id": p["dataset"] if p["mode"] == "hub" else _offline_id(Path(str(p["dataset"]))),
                 "dataset_revision": p["revision"],
                 "n_shot": p["num_fewshot"],
                 "protocol": f"artifact {o.gate.left.artifact}; chat template {'on' if p['chat_template'] else 'off'}; "
@@ -66,6 +67,11 @@ def score_records(outcomes: list[GateOutcome], results: dict[str, EvalResult]) -
             }
         )
     return records
+
+
+def _offline_id(data_dir: Path) -> str:
+    # Cards are public: name the offline data without the local path it was read from.
+    return "kollm-bundled-sample" if data_dir == SAMPLE_DATA_DIR.resolve() else f"local:{data_dir.name}"
 
 
 def payload(results: dict[str, EvalResult], outcomes: list[GateOutcome]) -> dict[str, Any]:
