@@ -303,6 +303,118 @@ def pull(
 
 
 @app.command()
+def serve(
+    artifact: Annotated[Path | None, typer.Argument(help="Model directory (vLLM) or .gguf file (llama.cpp).")] = None,
+    check: Annotated[
+        str | None, typer.Option(help="Smoke-test a running endpoint instead, e.g. http://h:8000/v1.")
+    ] = None,
+    print_deploy: Annotated[bool, typer.Option(help="Print a production recipe instead of serving.")] = False,
+    target: Annotated[str, typer.Option(help="Recipe for --print-deploy: docker, compose, k8s or ray.")] = "k8s",
+    repo_id: Annotated[str | None, typer.Option(help="Hub repo of the release (for --print-deploy).")] = None,
+    revision: Annotated[str, typer.Option(help="Release tag to pin (for --print-deploy).")] = "main",
+    setup_env: Annotated[
+        bool, typer.Option(help="Create kollm's dedicated vLLM environment (CPU hosts) and exit.")
+    ] = False,
+    served_model_name: Annotated[str | None, typer.Option(help="Name clients pass as `model`.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="KOLLM_API_KEY", help="Bearer key clients must send (default: generated).")
+    ] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="Longest context served.")] = None,
+    dtype: Annotated[str, typer.Option(help="vLLM dtype: auto, bfloat16, float16, float32.")] = "auto",
+    tensor_parallel_size: Annotated[int, typer.Option(help="vLLM tensor parallel size.")] = 1,
+    kv_cache_bytes: Annotated[int | None, typer.Option(help="vLLM KV-cache memory in bytes.")] = None,
+    lora: Annotated[list[str] | None, typer.Option(help="LoRA adapter served by name (vLLM): name=DIR.")] = None,
+) -> None:
+    """Serve an artifact on an OpenAI-compatible endpoint (vLLM or llama.cpp), or check / deploy one."""
+    if setup_env:
+        from kollm.serve.environment import setup_env as make_env
+
+        runtime = make_env()
+        out.print(f"vLLM ready: {runtime.version} ({runtime.origin})")
+        return
+    if check:
+        from kollm.serve.check import check_endpoint
+
+        result = check_endpoint(check, api_key=api_key, model=served_model_name)
+        out.print(
+            f"ok: {result.url} serves {', '.join(result.models)}; chat {result.chat_tokens} tokens in "
+            f"{result.chat_seconds:.2f} s; stream first token after {result.first_token_seconds:.2f} s"
+        )
+        return
+    if artifact is None:
+        raise KollmError("Nothing to serve.", hint="Give an ARTIFACT, or --check URL, or --setup-env.")
+    if print_deploy:
+        from kollm.serve.deploy import TEMPLATES, DeployConfig, render
+
+        if target not in TEMPLATES:
+            raise KollmError(f"--target '{target}' is not a recipe.", hint=f"Use one of: {', '.join(TEMPLATES)}.")
+        name = served_model_name or artifact.name.removesuffix(".gguf")
+        cfg = DeployConfig(
+            name=name.lower().replace("_", "-").replace(".", "-"),
+            repo_id=repo_id or f"<org>/{name}",
+            revision=revision,
+            max_model_len=max_model_len or 8192,
+            tensor_parallel_size=tensor_parallel_size,
+        )
+        typer.echo(render(target, cfg), nl=False)  # type: ignore[arg-type]
+        return
+    import secrets
+    import signal
+
+    from kollm.serve.launch import ServeConfig
+    from kollm.serve.launch import serve as start_server
+    from kollm.serve.process import stop
+
+    loras = {}
+    for item in lora or []:
+        lora_name, sep, path = item.partition("=")
+        if not sep or not lora_name or not path:
+            raise KollmError(f"--lora '{item}' is not name=DIR.", hint="Example: --lora ko-sft=./adapters/sft")
+        loras[lora_name] = Path(path)
+    generated = api_key is None
+    key = api_key or f"sk-kollm-{secrets.token_urlsafe(18)}"
+    cfg = ServeConfig(
+        served_model_name=served_model_name,
+        host=host,
+        port=port,
+        api_key=key,
+        max_model_len=max_model_len,
+        dtype=dtype,
+        tensor_parallel_size=tensor_parallel_size,
+        kv_cache_bytes=kv_cache_bytes,
+        loras=loras,
+    )
+    with err.status(f"starting the server for {artifact} (waiting for a real completion)"):
+        handle = start_server(artifact, cfg)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    out.print(f"[bold]serving[/bold] {handle.model} ({handle.backend}) at {handle.base_url}")
+    if generated:
+        out.print(f"API key (generated for this run; pass --api-key or KOLLM_API_KEY to choose one): {key}")
+    out.print(
+        f"""
+curl {handle.base_url}/chat/completions -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" \\
+  -d '{{"model": "{handle.model}", "messages": [{{"role": "user", "content": "안녕하세요"}}]}}'
+
+from openai import OpenAI
+client = OpenAI(base_url="{handle.base_url}", api_key=KEY)
+client.chat.completions.create(model="{handle.model}", messages=[{{"role": "user", "content": "안녕하세요"}}])
+""",
+        highlight=False,
+    )
+    out.print(f"log: {handle.log}   (Ctrl-C stops the server)")
+    try:
+        code = handle.process.wait()
+    except KeyboardInterrupt:
+        err.print("stopping the server")
+        return
+    finally:
+        stop(handle)
+    raise KollmError(f"The {handle.backend} server exited on its own (code {code}).", hint=f"See {handle.log}.")
+
+
+@app.command()
 def doctor(
     prepare: Annotated[bool, typer.Option(help="Also fetch and cache the llama.cpp converter.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

@@ -2,22 +2,15 @@
 Ko-IFEval through /v1/chat/completions; multiple-choice answers must match the in-process HF run.
 
 Server: ``KOLLM_EVAL_VLLM_URL`` (a running server serving the ko-tiny base) if set; otherwise the test starts
-``python -m vllm.entrypoints.openai.api_server`` on a free 127.0.0.1 port with the interpreter in
-``KOLLM_VLLM_PYTHON`` (vLLM needs its own environment) or this one, and stops it afterwards. Skipped when
-``kollm.serve`` is missing or no interpreter with vllm is found.
+vLLM through ``kollm.serve.launch.serve`` (the runtime ``kollm.serve.environment.find_vllm`` picks: this
+environment, ``KOLLM_VLLM_PYTHON``, or the managed env from ``kollm serve --setup-env``) on a free 127.0.0.1 port
+with an API key, and stops it afterwards. Skipped when ``kollm.serve`` or a vLLM runtime is missing.
 """
 
 import importlib.util
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
-import requests
 
 from kollm.evals import runner
 
@@ -25,70 +18,27 @@ pytestmark = pytest.mark.integration
 API_KEY = "kollm-eval-test-key"
 
 
-def _vllm_python() -> str | None:
-    if importlib.util.find_spec("kollm.serve") is None:
-        return None
-    candidate = os.environ.get("KOLLM_VLLM_PYTHON")
-    if candidate:
-        return candidate if shutil.which(candidate) or Path(candidate).is_file() else None
-    return sys.executable if importlib.util.find_spec("vllm") is not None else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def vllm_url(ko_tiny, tmp_path_factory):
     if os.environ.get("KOLLM_EVAL_VLLM_URL"):
         yield os.environ["KOLLM_EVAL_VLLM_URL"]
         return
-    python = _vllm_python()
-    if python is None:
-        pytest.skip("no vLLM: set KOLLM_VLLM_PYTHON to an interpreter with vllm, or KOLLM_EVAL_VLLM_URL")
-    tmp = tmp_path_factory.mktemp("vllm")
-    port = _free_port()
-    env = {**os.environ, "VLLM_CACHE_ROOT": str(tmp / "cache"), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    cmd = [
-        python, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(ko_tiny.base), "--served-model-name", "ko-tiny",
-        "--host", "127.0.0.1", "--port", str(port), "--api-key", API_KEY,
-        "--enforce-eager", "--kv-cache-memory-bytes", str(64 * 1024**2), "--max-model-len", "2048",
-    ]  # fmt: skip
-    log = (tmp / "server.log").open("w")
-    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": f"Bearer {API_KEY}"}
+    if importlib.util.find_spec("kollm.serve.launch") is None:
+        pytest.skip("kollm.serve is not available")
+    from kollm.serve import launch, process
+    from kollm.serve.environment import find_vllm
+
+    if find_vllm() is None:
+        pytest.skip("no vLLM runtime: run `kollm serve --setup-env` (make setup does) or set KOLLM_VLLM_PYTHON")
+    cfg = launch.ServeConfig(
+        served_model_name="ko-tiny", api_key=API_KEY, kv_cache_bytes=64 * 1024**2, max_model_len=2048
+    )
+    # serve() returns once the server has answered a real completion, not just /health.
+    handle = launch.serve(ko_tiny.base, cfg, log_dir=tmp_path_factory.mktemp("vllm"))
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"vLLM exited with {server.returncode}: {(tmp / 'server.log').read_text()[-2000:]}")
-            try:
-                # /health goes green before the first forward pass: wait for a real completion.
-                done = requests.post(
-                    f"{url}/v1/completions",
-                    json={"model": "ko-tiny", "prompt": "안녕", "max_tokens": 1},
-                    headers=headers,
-                    timeout=10,
-                )
-                if done.status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("vLLM did not answer a completion within 240 s")
-            time.sleep(2)
-        yield url
+        yield handle.base_url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        process.stop(handle)
 
 
 def test_server_scores_match_the_hf_model(vllm_url, ko_tiny, monkeypatch):
