@@ -42,17 +42,32 @@ def release(
     output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Override output_dir.")] = None,
     publish: Annotated[str | None, typer.Option(help="Override the publish target, e.g. local:./registry.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    gate: Annotated[
+        list[str] | None,
+        typer.Option("--gate", help="Eval gate in percent, added to the spec's gates; repeatable: --gate kmmlu>=78."),
+    ] = None,
 ) -> None:
-    """Merge, export, verify and publish a release described by SPEC."""
+    """Merge, export, verify, evaluate gates and publish a release described by SPEC."""
     from kollm.config import load_release_spec
     from kollm.release.pipeline import run_release
 
     loaded = load_release_spec(spec, {"output_dir": output_dir, "publish": publish})
+    if gate:
+        loaded = load_release_spec(
+            spec, {"output_dir": output_dir, "publish": publish, "gates": [*loaded.gates, *gate]}
+        )
     result = run_release(loaded, spec_path=spec, show_progress=not as_json)
     if as_json:
         rows = [vars(r) for r in result.rows]
         out.print_json(
-            json.dumps({"manifest": str(result.manifest_path), "artifacts": rows, "published": result.published})
+            json.dumps(
+                {
+                    "manifest": str(result.manifest_path),
+                    "artifacts": rows,
+                    "gates": result.gates,
+                    "published": result.published,
+                }
+            )
         )
         return
     table = Table(title=f"kollm release {loaded.name}  ({result.seconds:.1f} s)")
@@ -142,6 +157,87 @@ def export(
         types_text = ", ".join(f"{k}×{v}" for k, v in sorted(item.tensor_types.items()))
         table.add_row(item.path.name, _human(item.path.stat().st_size), f"{item.seconds:.2f}", types_text, verdict)
     out.print(table)
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Argument(help="HF model directory, .gguf file, or OpenAI-compatible base URL.")],
+    suite: Annotated[
+        str, typer.Option(help="Comma-separated suites from evalsuites/suites.yaml.")
+    ] = "kmmlu,click,ko_ifeval",
+    limit: Annotated[int | None, typer.Option(help="Questions per task (CPU smoke runs).", min=1)] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Offline data folder (default offline: the bundled samples).")
+    ] = None,
+    offline: Annotated[
+        bool | None, typer.Option("--offline/--hub", help="Bundled/local data, or the Hub data sets.")
+    ] = None,
+    gate: Annotated[
+        list[str] | None, typer.Option("--gate", help="Gate in percent, repeatable: --gate kmmlu>=78.")
+    ] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="HF tokenizer for a server URL (default: the server's).")
+    ] = None,
+    max_gen_toks: Annotated[int | None, typer.Option(help="Cap on generated tokens.", min=1)] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write results.json + scores.png here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print scores and gates as JSON on stdout.")] = False,
+) -> None:
+    """Evaluate a model on Korean suites (KMMLU, CLIcK, Ko-IFEval) with lm-eval; one model load for all suites.
+
+    Scores are percentages. A server URL needs OPENAI_API_KEY in the environment if it checks keys.
+    """
+    from kollm.errors import GateFailedError, GateSyntaxError
+    from kollm.evals import gates as gates_mod
+    from kollm.evals import report, runner
+
+    parsed = gates_mod.parse_gates(gate or [], default_artifact="model")
+    for g in parsed:
+        if any(o.artifact != "model" for o in g.operands):
+            raise GateSyntaxError(
+                g.text,
+                "`kollm eval` scores one model, so gates cannot name artifacts",
+                hint="Use artifact gates (q4_k_m.kmmlu>=bf16.kmmlu-1.5) in `kollm release`.",
+            )
+    names = list(dict.fromkeys([s.strip() for s in suite.split(",") if s.strip()] + [g.left.suite for g in parsed]))
+    cfg = runner.EvalConfig(
+        suites=names, limit=limit, data_dir=data_dir, offline=offline, tokenizer=tokenizer, max_gen_toks=max_gen_toks
+    )
+    with err.status(f"kollm eval: {', '.join(names)} (lm-eval shows per-request progress)") as status:
+        result = runner.run(
+            cfg, model=model, progress=lambda names_, done, total: status.update(f"done {names_} ({done}/{total})")
+        )
+    scores = {("model", s): (v.score, v.stderr) for s, v in result.scores.items()}
+    outcomes = gates_mod.check(parsed, scores)
+    if output is not None:
+        files = report.write(output, {"model": result}, outcomes)
+        err.print(f"results: {files.results}  chart: {files.chart}")
+    if as_json:
+        body = report.payload({"model": result}, outcomes)
+        body.pop("lm_eval_raw")
+        out.print_json(json.dumps(body, default=str))
+    else:
+        table = Table(title=f"kollm eval {model}  ({result.seconds:.1f} s, {result.kind})")
+        for column in ("suite", "score ± stderr", "n", "protocol"):
+            table.add_column(column)
+        for name, s in result.scores.items():
+            p = s.protocol
+            spread = f" ± {s.stderr:.2f}" if s.stderr is not None else ""
+            protocol = (
+                f"{','.join(p['tasks'])} {p['num_fewshot']}-shot, chat template {'on' if p['chat_template'] else 'off'}, "
+                f"{p['metric']} {p['aggregation']}, {p['dataset']}" + (f"@{p['revision']}" if p["revision"] else "")
+            )
+            table.add_row(name, f"{s.score:.2f}{spread}", str(s.n_samples), protocol)
+        out.print(table)
+        for row in report.gate_rows(outcomes):
+            out.print(
+                f"gate {row['gate']}: {row['score']:.2f} {row['op']} {row['threshold']:.2f} → "
+                + ("pass" if row["passed"] else "FAIL")
+            )
+    failed = [o for o in outcomes if not o.passed]
+    if failed:
+        raise GateFailedError(
+            failed[0].gate.text, failed[0].threshold, failed[0].actual, failed=[o.gate.text for o in failed]
+        )
 
 
 @app.command()

@@ -75,6 +75,20 @@ class VerifySpec(BaseModel):
     )
 
 
+class EvalSpec(BaseModel):
+    """How a release evaluates its gates (lm-eval through kollm.evals)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int | None = Field(None, gt=0, description="Questions per task (smoke runs on CPU); none = the full sets.")
+    data_dir: Path | None = Field(
+        None,
+        description="Offline data folder (see evalsuites/suites.yaml); none = the Hub, or the bundled samples offline.",
+    )
+    offline: bool | None = Field(None, description="Force the bundled/offline data (true) or the Hub (false).")
+    max_gen_toks: int | None = Field(None, gt=0, description="Cap on generated tokens for generation suites.")
+
+
 class ReleaseSpec(BaseModel):
     """A release: which base and adapters, what to export, where to publish."""
 
@@ -110,6 +124,24 @@ class ReleaseSpec(BaseModel):
     trust_remote_code: bool = Field(False, description="Allow model code from the base repo to run. Off by default.")
     allow_pickle: bool = Field(False, description="Accept pickle (.bin) checkpoints. Off: safetensors only.")
     verify: VerifySpec = Field(default_factory=VerifySpec, description="Checks run on every export.")
+    gates: list[str] = Field(
+        default_factory=list,
+        description="Eval gates in percent, checked before publishing: kmmlu>=78, q4_k_m.kmmlu>=bf16.kmmlu-1.5.",
+    )
+    eval: EvalSpec = Field(default_factory=EvalSpec, description="How gates are evaluated.")
+
+    @field_validator("gates")
+    @classmethod
+    def _valid_gates(cls, value: list[str]) -> list[str]:
+        from kollm.errors import GateSyntaxError
+        from kollm.evals.gates import parse_gate
+
+        for text in value:
+            try:
+                parse_gate(text)
+            except GateSyntaxError as e:
+                raise ValueError(str(e).rstrip(".")) from e
+        return value
 
     @field_validator("name")
     @classmethod

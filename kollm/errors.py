@@ -206,22 +206,6 @@ class OutputPathError(KollmError):
 # --- publish and pull -----------------------------------------------------------------------------------
 
 
-class GateFailedError(KollmError):
-    """An evaluation gate failed, so the release must not be published."""
-
-    exit_code = 7
-
-    def __init__(self, gate: str, threshold: float | None, actual: float) -> None:
-        self.gate = gate
-        self.threshold = threshold
-        self.actual = actual
-        wanted = f" (needs ≥ {threshold:g})" if threshold is not None else ""
-        super().__init__(
-            f"Gate '{gate}' failed: {actual:.2f}{wanted}. Nothing was published.",
-            hint="Improve the model or change the gate in evalsuites/suites.yaml, then re-run the release.",
-        )
-
-
 class PublishError(KollmError):
     """A publish target refused the release or could not be reached."""
 
@@ -296,3 +280,86 @@ class BackendUnavailableError(KollmError):
     def __init__(self, backend: str, detail: str, *, hint: str) -> None:
         self.backend = backend
         super().__init__(f"training backend '{backend}' is unavailable: {detail}.", hint=hint)
+
+
+# --- evaluation and gates ---------------------------------------------------------------------------------
+
+
+class UnknownSuiteError(KollmError):
+    """A requested eval suite is not defined in evalsuites/suites.yaml."""
+
+    exit_code = 2
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        from difflib import get_close_matches
+
+        self.name = name
+        self.known = known
+        close = get_close_matches(name, known, n=1)
+        suggestion = f" Did you mean '{close[0]}'?" if close else ""
+        super().__init__(
+            f"Unknown eval suite '{name}'.{suggestion} Known suites: {', '.join(known)}.",
+            hint="Pick suites from evalsuites/suites.yaml, e.g. `kollm eval MODEL --suite kmmlu,click,ko_ifeval`.",
+        )
+
+
+class EvalDataMissingError(KollmError):
+    """An offline suite's data file is missing or unusable."""
+
+    exit_code = 3
+
+    def __init__(self, suite: str, path: Path | str, detail: str) -> None:
+        self.suite = suite
+        self.path = str(path)
+        super().__init__(
+            f"Suite '{suite}' cannot run offline: {self.path} {detail}.",
+            hint="Point --data-dir at a folder with the suite's files (names in evalsuites/suites.yaml → offline.files), "
+            "or unset HF_DATASETS_OFFLINE/HF_HUB_OFFLINE and drop --data-dir to read the data set from the Hub.",
+        )
+
+
+class GateSyntaxError(KollmError):
+    """A gate expression cannot be parsed or is on the wrong scale."""
+
+    exit_code = 2
+
+    def __init__(self, gate: str, detail: str, *, hint: str | None = None) -> None:
+        self.gate = gate
+        self.detail = detail
+        super().__init__(
+            f"Gate '{gate}': {detail}.",
+            hint=hint
+            or "Write gates as SUITE>=PERCENT (kmmlu>=78) or ARTIFACT.SUITE>=ARTIFACT.SUITE-POINTS "
+            "(q4_k_m.kmmlu>=bf16.kmmlu-1.5).",
+        )
+
+
+class EvalRunError(KollmError):
+    """lm-eval failed, or produced results kollm refuses to trust (e.g. every choice scored the same)."""
+
+    exit_code = 10
+
+    def __init__(self, detail: str, *, hint: str | None = None) -> None:
+        self.detail = detail
+        super().__init__(f"Evaluation failed: {detail}", hint=hint)
+
+
+class GateFailedError(KollmError):
+    """A release gate did not pass; nothing was published."""
+
+    exit_code = 7
+
+    def __init__(self, metric: str, threshold: float | None, actual: float, *, failed: list[str] | None = None) -> None:
+        self.metric = metric
+        self.gate = metric  # the publish stage's name for it
+        self.threshold = threshold
+        self.actual = actual
+        self.failed = failed or [metric]
+        more = f" ({len(self.failed)} gates failed: {'; '.join(self.failed)})" if len(self.failed) > 1 else ""
+        super().__init__(
+            f"Gate '{metric}' failed: scored {actual:.2f}"
+            + (f", needs {threshold:.2f}" if threshold is not None else "")
+            + f"{more}.",
+            hint="A release publishes nothing when a gate fails. See the gate table and eval/results.json next to "
+            "the artifacts; fix the model or the gate, then re-run the command.",
+        )

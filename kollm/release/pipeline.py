@@ -26,6 +26,9 @@ from rich.progress import (
 )
 
 from kollm.config import GGUF_FLOAT_TYPES, ReleaseSpec
+from kollm.errors import GateFailedError
+from kollm.evals import release_gates
+from kollm.evals import report as eval_report
 from kollm.manifest import (
     MANIFEST_NAME,
     ArtifactRecord,
@@ -70,6 +73,7 @@ class ReleaseResult:
     rows: list[SummaryRow]
     published: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    gates: list[dict[str, Any]] = field(default_factory=list)
 
 
 class _Display:
@@ -144,6 +148,16 @@ def run_release(spec: ReleaseSpec, *, spec_path: Path | None = None, show_progre
 
     base = resolve(spec.base, revision=spec.base_revision, trust_remote_code=spec.trust_remote_code, what="base model")
     adapters: list[ResolvedInput] = [resolve(a, what="adapter") for a in spec.adapters]
+    gate_cfg = release_gates.GateRunConfig(
+        gates=spec.gates,
+        limit=spec.eval.limit,
+        data_dir=spec.eval.data_dir,
+        offline=spec.eval.offline,
+        max_gen_toks=spec.eval.max_gen_toks,
+    )
+    if spec.gates:
+        # Bad gates, unknown suites and missing offline data fail here, before the merge starts.
+        release_gates.prepare(gate_cfg, artifact_names=["merged", *spec.exports.gguf])
 
     ctx = display.progress if display.progress is not None else _null()
     with ctx:
@@ -215,6 +229,22 @@ def run_release(spec: ReleaseSpec, *, spec_path: Path | None = None, show_progre
                     rows.append(SummaryRow(f"gguf {item.gguf_type}", record.path, record.size, item.seconds, verdict))
                     update(i, len(gguf_result.files))
 
+        gate_result = None
+        if spec.gates:
+            with display.step("eval gates (lm-eval)", total=None) as update:
+                gate_result = release_gates.run(
+                    gate_cfg,
+                    merged=merged_dir,
+                    gguf_files={f.gguf_type: f.path for f in gguf_result.files} if gguf_result else {},
+                    out_dir=out / "eval",
+                    on_artifact=lambda _name, done, total: update(done, total),
+                )
+            for path in (gate_result.files.results, gate_result.files.chart):
+                if path is not None:
+                    rows.append(
+                        SummaryRow("eval report", path.relative_to(out).as_posix(), path.stat().st_size, 0.0, "-")
+                    )
+
     manifest: dict[str, Any] = {
         "kollm_manifest": 1,
         "release": spec.name,
@@ -240,9 +270,25 @@ def run_release(spec: ReleaseSpec, *, spec_path: Path | None = None, show_progre
         else None,
         "tools": tool_versions(*_TOOLS),
         "artifacts": [a.model_dump() for a in artifacts],
+        "evals": {
+            "results": gate_result.files.results.relative_to(out).as_posix(),
+            "gates": eval_report.gate_rows(gate_result.outcomes),
+        }
+        if gate_result
+        else None,
+        # The publisher re-checks these and turns them into the cards' model-index (kollm.publish.card.ScoreRecord).
+        "scores": eval_report.score_records(gate_result.outcomes, gate_result.results) if gate_result else [],
     }
     manifest_path = out / MANIFEST_NAME
     write_json_atomic(manifest_path, manifest)
+    if gate_result is not None:
+        if display.progress is not None:
+            display.console.print(_gate_table(gate_result))
+        if gate_result.failed:
+            first = gate_result.failed[0]
+            raise GateFailedError(
+                first.gate.text, first.threshold, first.actual, failed=[o.gate.text for o in gate_result.failed]
+            )
 
     published: list[str] = []
     if spec.publish:
@@ -255,7 +301,21 @@ def run_release(spec: ReleaseSpec, *, spec_path: Path | None = None, show_progre
         ):
             result = publisher.run(publish_config(spec), out_dir=out)
         published = [r.location for r in result.repos]
-    return ReleaseResult(out, manifest_path, rows, published, time.perf_counter() - started)
+    gates = eval_report.gate_rows(gate_result.outcomes) if gate_result else []
+    return ReleaseResult(out, manifest_path, rows, published, time.perf_counter() - started, gates)
+
+
+def _gate_table(gate_result: release_gates.GateRunResult) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"release gates ({gate_result.seconds:.1f} s of evaluation)")
+    for column in ("gate", "score ± stderr", "threshold", "result"):
+        table.add_column(column)
+    for row in eval_report.gate_rows(gate_result.outcomes):
+        spread = f" ± {row['stderr']:.2f}" if row["stderr"] is not None else ""
+        verdict = "[green]pass[/green]" if row["passed"] else "[bold red]FAIL[/bold red]"
+        table.add_row(row["gate"], f"{row['score']:.2f}{spread}", f"{row['op']} {row['threshold']:.2f}", verdict)
+    return table
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from kollm.errors import KollmError
 class ServerStartError(KollmError):
     """A server process exited or did not become ready in time."""
 
-    exit_code = 10
+    exit_code = 12
 
     def __init__(self, backend: str, detail: str, log: Path) -> None:
         self.backend = backend
