@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from kollm.config import GGUF_FLOAT_TYPES, ReleaseSpec
-from kollm.errors import OutputPathError, ReleaseLockedError
+from kollm.errors import KollmError, OutputPathError, ReleaseLockedError
 from kollm.manifest import MANIFEST_NAME, ArtifactRecord, remove_stale_temps, tool_versions
 from kollm.release.inputs import ResolvedInput, resolve
 from kollm.release.steps import (
@@ -378,6 +378,10 @@ def build_steps(spec: ReleaseSpec, *, spec_path: Path | None = None, inputs: _In
         OutputPathError: an output location resolves outside the output directory.
     """
     out = spec.out_dir.resolve()
+    if out.exists() and not out.is_dir():
+        raise KollmError(
+            f"output_dir {out} exists and is not a directory.", hint="Choose another --output-dir or remove that file."
+        )
     inputs = inputs or _resolve_inputs(spec)
     steps = [_merge_step(spec, inputs, out)]
     if spec.exports.gguf:
