@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from kollm.models import resolve_pre_tokenizer
 from kollm.release.converter import ensure_converter
 
 log = logging.getLogger(__name__)
+_DISK_FULL = re.compile(r"No space left on device|\d+ requested and \d+ written")
 
 # Which GGML tensor types a quantized file is expected to use for its big matrices.
 _EXPECTED_MAIN = {
@@ -117,8 +119,9 @@ def _convert(model_dir: Path, out: Path, outtype: str, pre: str, converter_root:
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0 or not out.is_file():
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
-        if "No space left on device" in tail:
-            # Surface as the OSError it is, so the pipeline reports the full disk like any other write.
+        if _DISK_FULL.search(tail):
+            # Surface as the OSError it is, so the pipeline reports the full disk like any other write. NumPy's
+            # tofile reports a full disk only as a short write, without errno.
             raise OSError(errno.ENOSPC, "No space left on device", str(out))
         raise ConverterError("llama.cpp convert_hf_to_gguf.py", tail)
 
