@@ -220,6 +220,12 @@ def main() -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
+    except typer.TyperException as e:  # typer >= 0.29 vendors click: its usage errors are not click's classes
+        if isinstance(e, typer.Abort):
+            err.print("interrupted; re-run the same command to resume")
+            sys.exit(130)
+        e.show()  # type: ignore[attr-defined]
+        sys.exit(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         err.print("interrupted; re-run the same command to resume")
         sys.exit(130)
