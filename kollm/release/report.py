@@ -114,5 +114,7 @@ def render(manifest: dict[str, Any], *, out_dir: Path) -> str:
         f"{gate_table}"
         f"{'<h2>Plots</h2>' + plots if plots else ''}"
         f'<h2>Tools</h2><p id="tools">{tools}</p>'
-        "</body></html>\n"
+        # Marks each figure with its decoded width once loaded, so a headless browser can prove plots render.
+        "<script>addEventListener('load',()=>{for(const i of document.images)i.dataset.width=i.naturalWidth})"
+        "</script></body></html>\n"
     )
