@@ -215,7 +215,7 @@ class ReleaseLockedError(KollmError):
     def __init__(self, out_dir: Path | str) -> None:
         self.out_dir = str(out_dir)
         super().__init__(
-            f"Another kollm release is running in {self.out_dir} (its lock file .kollm.lock is held).",
+            f"Another kollm release is running in {self.out_dir} (it holds a lock on that directory).",
             hint="Wait for it to finish, or use another --output-dir.",
         )
 

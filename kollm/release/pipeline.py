@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -443,13 +444,17 @@ class _Display:
 
 @contextmanager
 def _locked(out: Path) -> Iterator[None]:
-    # flock dies with the process, so a SIGKILLed release never leaves a stale lock behind.
-    with (out / ".kollm.lock").open("a") as fh:
+    # flock on the directory itself: it dies with the process, so a SIGKILLed release never leaves a stale
+    # lock, and no lock file clutters the output.
+    fd = os.open(out, os.O_RDONLY)
+    try:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:
             raise ReleaseLockedError(out) from e
         yield
+    finally:
+        os.close(fd)
 
 
 def _clean_temps(out: Path) -> None:

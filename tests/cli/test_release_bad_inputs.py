@@ -3,6 +3,7 @@ nothing half-written in the output directory."""
 
 import fcntl
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,9 +143,12 @@ def test_a_second_release_into_the_same_dir_is_refused(tmp_path, ko_tiny, kollm_
     spec = tmp_path / "spec.yaml"
     spec.write_text(GOOD.format(base=ko_tiny.base, cpt=ko_tiny.adapters["cpt"], sft=ko_tiny.adapters["sft"]))
     (tmp_path / "out").mkdir()
-    with (tmp_path / "out" / ".kollm.lock").open("a") as held:
+    held = os.open(tmp_path / "out", os.O_RDONLY)
+    try:
         fcntl.flock(held, fcntl.LOCK_EX)
         done = kollm_cli("release", str(spec), "--output-dir", str(tmp_path / "out"))
+    finally:
+        os.close(held)
     assert done.returncode == 8
     assert "Another kollm release is running" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out" / "merged").exists()
