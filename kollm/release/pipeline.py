@@ -504,7 +504,8 @@ def run_release(
     ran: list[str] = []
     with _locked(out):
         _clean_temps(out)
-        planned = plan(steps, read_state(out), out, force=force)
+        hashes: dict = {}  # outputs hashed for the plan are not hashed again by the run
+        planned = plan(steps, read_state(out), out, force=force, hashes=hashes)
         display.show_plan(planned)
         hooks = display.hooks()
         record_run = hooks.finished
@@ -516,7 +517,9 @@ def run_release(
 
         hooks.finished = finished
         with display.progress:
-            state = execute(steps, out=out, work=out / ".work", force=force, max_workers=max_workers, hooks=hooks)
+            state = execute(
+                steps, out=out, work=out / ".work", force=force, max_workers=max_workers, hooks=hooks, hashes=hashes
+            )
     published = []
     if "publish" in state.steps:
         root = Path(state.steps["publish"].root or out)

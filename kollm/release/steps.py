@@ -28,13 +28,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kollm.errors import DiskFullError, StateFileError, UnknownStepError
 from kollm.faults import current_step, kill_point
-from kollm.manifest import FileRecord, record_files, verify_files, write_json_atomic
+from kollm.manifest import FileRecord, record_files, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
 STATE_NAME = "kollm-state.json"
 _STATE_VERSION = 1
 Progress = Callable[[int, int], None]
+# sha256 of files already verified in this process, keyed by (path, size, mtime_ns): plan and run hash once.
+HashCache = dict[tuple[str, int, int], str]
 
 
 @dataclass(frozen=True)
@@ -139,28 +141,54 @@ def fingerprint(step: Step, states: dict[str, StepState]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _check_done(step: Step, state: StepState | None, states: dict[str, StepState], out: Path) -> str | None:
+def _verify(root: Path, files: list[FileRecord], hashes: HashCache) -> list[str]:
+    problems = []
+    for rec in files:
+        path = root / rec.path
+        if not path.is_file():
+            problems.append(f"{rec.path}: missing")
+            continue
+        stat = path.stat()
+        if stat.st_size != rec.size:
+            problems.append(f"{rec.path}: size {stat.st_size} != {rec.size}")
+            continue
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in hashes:
+            hashes[key] = sha256_file(path)
+        if hashes[key] != rec.sha256:
+            problems.append(f"{rec.path}: sha256 differs")
+    return problems
+
+
+def _check_done(
+    step: Step, state: StepState | None, states: dict[str, StepState], out: Path, hashes: HashCache
+) -> str | None:
     """None when the recorded state still holds; otherwise why the step must run."""
     if state is None:
         return "not done yet"
     if state.fingerprint != fingerprint(step, states):
         return "spec or inputs changed"
-    problems = verify_files(Path(state.root) if state.root else out, state.files)
+    problems = _verify(Path(state.root) if state.root else out, state.files, hashes)
     if problems:
         return f"output changed ({problems[0]})"
     return None
 
 
-def plan(steps: list[Step], state: ReleaseState, out: Path, *, force: tuple[str, ...] = ()) -> list[PlannedStep]:
+def plan(
+    steps: list[Step],
+    state: ReleaseState,
+    out: Path,
+    *,
+    force: tuple[str, ...] = (),
+    hashes: HashCache | None = None,
+) -> list[PlannedStep]:
     """Predict, without writing anything, which steps run and why (verifies recorded outputs' sha256).
 
     Raises:
         UnknownStepError: ``force`` names a step that is not in ``steps``.
     """
-    names = [s.name for s in steps]
-    for name in force:
-        if name not in names:
-            raise UnknownStepError(name, names)
+    _check_force(steps, force)
+    hashes = {} if hashes is None else hashes
     planned: list[PlannedStep] = []
     running: set[str] = set()
     for step in steps:
@@ -170,13 +198,20 @@ def plan(steps: list[Step], state: ReleaseState, out: Path, *, force: tuple[str,
         elif upstream:
             reason = f"after {', '.join(upstream)} re-runs (skipped then if its inputs come out identical)"
         else:
-            reason = _check_done(step, state.steps.get(step.name), state.steps, out) or ""
+            reason = _check_done(step, state.steps.get(step.name), state.steps, out, hashes) or ""
         if reason:
             running.add(step.name)
             planned.append(PlannedStep(step, "run", reason))
         else:
             planned.append(PlannedStep(step, "skip", f"done; {len(state.steps[step.name].files)} file(s) verified"))
     return planned
+
+
+def _check_force(steps: list[Step], force: tuple[str, ...]) -> None:
+    names = [s.name for s in steps]
+    for name in force:
+        if name not in names:
+            raise UnknownStepError(name, names)
 
 
 def memory_available() -> int:
@@ -207,6 +242,7 @@ def execute(
     force: tuple[str, ...] = (),
     max_workers: int | None = None,
     hooks: RunHooks | None = None,
+    hashes: HashCache | None = None,
 ) -> ReleaseState:
     """Run every step whose recorded state does not hold, independent ones concurrently.
 
@@ -227,7 +263,9 @@ def execute(
     """
     hooks = hooks or RunHooks()
     old = read_state(out)
-    plan(steps, old, out, force=force)  # validates --force names
+    _check_force(steps, force)
+    hashes = {} if hashes is None else hashes
+    done_before: dict[str, bool] = {}  # decided once per step, when its inputs are final
     state = ReleaseState()
     by_name = {s.name: s for s in steps}
     pending = list(steps)
@@ -252,10 +290,12 @@ def execute(
                         if any(n not in state.steps for n in step.inputs):
                             continue
                         fp = fingerprint(step, state.steps)
-                        if (
-                            step.name not in force
-                            and _check_done(step, old.steps.get(step.name), state.steps, out) is None
-                        ):
+                        if step.name not in done_before:
+                            previous = old.steps.get(step.name)
+                            done_before[step.name] = (
+                                step.name not in force and _check_done(step, previous, state.steps, out, hashes) is None
+                            )
+                        if done_before[step.name]:
                             state.steps[step.name] = old.steps[step.name]
                             pending.remove(step)
                             save()
