@@ -113,6 +113,7 @@ def main() -> None:
     result = {
         "what": "demo release (ko-tiny: merge 2 adapters, GGUF f16/q8_0/q5_k_m/q4_k_m, verify) — seconds",
         "cpu_cores": os.cpu_count(),
+        "load_average_1min_at_end": round(os.getloadavg()[0], 1),  # other jobs on a shared machine inflate times
         "by_hand": {k: round(v, 2) for k, v in hand.items()},
         "kollm": round(concurrent, 2),
         "kollm_jobs_1": round(sequential, 2),
