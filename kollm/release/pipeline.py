@@ -463,7 +463,7 @@ def _clean_temps(out: Path) -> None:
             remove_stale_temps(directory)
 
 
-def _rows(out: Path, state: dict[str, StepState]) -> list[SummaryRow]:
+def _rows(out: Path) -> list[SummaryRow]:
     manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
     rows = []
     for artifact in manifest["artifacts"]:
@@ -527,7 +527,7 @@ def run_release(
     return ReleaseResult(
         out_dir=out,
         manifest_path=out / MANIFEST_NAME,
-        rows=_rows(out, state.steps),
+        rows=_rows(out),
         published=published,
         seconds=time.perf_counter() - started,
         plan=planned,

@@ -128,18 +128,17 @@ def test_sigkill_at_every_boundary_and_inside_every_step_then_resume(uninterrupt
     assert again.returncode == 0 and json.loads(again.stdout)["ran"] == []
 
 
-def test_kill_while_steps_run_concurrently_then_resume(uninterrupted, tmp_path):
-    root, _, reference = uninterrupted
-    # Same paths as the reference run, so the manifests are comparable: reuse the spec's output dir afresh.
-    shutil.rmtree(root / "out", ignore_errors=True)
-    shutil.rmtree(root / "reg", ignore_errors=True)
-    spec = _spec(root)
-    killed = _release(spec, "--jobs", "2", kill_at="gguf-q8_0:mid")
+def test_kill_while_steps_run_concurrently_then_resume(uninterrupted):
+    root, spec, reference = uninterrupted
+    # Forcing two independent steps makes them run at once (-j 2); the kill lands while both are in flight.
+    force = ("--force", "gguf-q8_0", "--force", "verify-gguf-f16")
+    killed = _release(spec, "--jobs", "2", *force, kill_at="gguf-q8_0:mid")
     assert killed.returncode == -9
     done = _release(spec, "--jobs", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "gguf-q8_0" in json.loads(done.stdout)["ran"]
     assert _normalised(root / "out" / MANIFEST_NAME) == reference["manifest"]
+    assert _final_files(root / "out") == reference["files"]
 
 
 def test_changed_spec_reruns_only_what_it_touches(uninterrupted):
