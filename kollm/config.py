@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kollm.errors import SpecError
 
@@ -20,6 +20,11 @@ GGUF_QUANT_TYPES = ("q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_
 GGUF_TYPES = GGUF_FLOAT_TYPES + GGUF_QUANT_TYPES
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+# Publish targets: a Hub repo, a directory registry, or a git mirror in olah's layout (tests, air-gapped sites).
+PUBLISH_SCHEMES = ("hf://", "local:", "mirror:")
+_HUB_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+# Semantic versions with an optional leading v: the tag a release is published under (never overwritten).
+_VERSION_RE = re.compile(r"^v?\d+\.\d+\.\d+([-+.][0-9A-Za-z.-]+)?$")
 
 DEFAULT_VERIFY_PROMPTS = [
     "대한민국의 수도는",
@@ -87,7 +92,20 @@ class ReleaseSpec(BaseModel):
         None,
         description="llama.cpp pre-tokenizer name; by default kollm derives it from tokenizer.json.",
     )
-    publish: str | None = Field(None, description="Where to publish: local:<dir>. Leave empty to only build.")
+    publish: str | None = Field(
+        None,
+        description="Where to publish: hf://org/name (Hugging Face Hub), local:<dir> (directory registry) or "
+        "mirror:<dir> (git + git-lfs repos in olah's layout). Leave empty to only build.",
+    )
+    version: str | None = Field(
+        None, description="Release version, e.g. v1.2.0: the tag every published repo gets (never overwritten)."
+    )
+    private: bool = Field(True, description="Create Hub repos as private (only on first creation).")
+    repo_layout: Literal["per-format", "single"] = Field(
+        "per-format",
+        description="per-format: org/name (safetensors) and org/name-GGUF; single: every artifact in org/name.",
+    )
+    license: str = Field("apache-2.0", description="License id for the model card (Hub license identifier).")
     output_dir: Path | None = Field(None, description="Where artifacts go; default out/<name>.")
     trust_remote_code: bool = Field(False, description="Allow model code from the base repo to run. Off by default.")
     allow_pickle: bool = Field(False, description="Accept pickle (.bin) checkpoints. Off: safetensors only.")
@@ -103,11 +121,28 @@ class ReleaseSpec(BaseModel):
     @field_validator("publish")
     @classmethod
     def _valid_target(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("local:"):
-            raise ValueError("publish target must look like local:<dir>")
-        if value == "local:":
-            raise ValueError("local: needs a directory, e.g. local:./registry")
+        if value is None:
+            return value
+        if not value.startswith(PUBLISH_SCHEMES):
+            raise ValueError("publish target must look like hf://org/name, local:<dir> or mirror:<dir>")
+        if value in ("local:", "mirror:"):
+            raise ValueError(f"{value} needs a directory, e.g. {value}./registry")
+        if value.startswith("hf://") and not _HUB_REPO_RE.match(value.removeprefix("hf://")):
+            raise ValueError("hf:// needs a repo id, e.g. hf://my-org/ko-model")
         return value
+
+    @field_validator("version")
+    @classmethod
+    def _valid_version(cls, value: str | None) -> str | None:
+        if value is not None and not _VERSION_RE.match(value):
+            raise ValueError("use a semantic version such as v1.2.0")
+        return value
+
+    @model_validator(mode="after")
+    def _version_when_publishing(self) -> ReleaseSpec:
+        if self.publish and self.version is None:
+            raise ValueError("'version' is required when 'publish' is set (every release is tagged), e.g. v1.0.0")
+        return self
 
     @property
     def out_dir(self) -> Path:

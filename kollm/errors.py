@@ -248,3 +248,73 @@ class StateFileError(KollmError):
             f"{self.path} cannot be read: {detail}.",
             hint="Delete it to rebuild every step from scratch (artifacts are re-created and re-verified).",
         )
+
+
+# --- publish and pull -----------------------------------------------------------------------------------
+
+
+class GateFailedError(KollmError):
+    """An evaluation gate failed, so the release must not be published."""
+
+    exit_code = 7
+
+    def __init__(self, gate: str, threshold: float | None, actual: float) -> None:
+        self.gate = gate
+        self.threshold = threshold
+        self.actual = actual
+        wanted = f" (needs ≥ {threshold:g})" if threshold is not None else ""
+        super().__init__(
+            f"Gate '{gate}' failed: {actual:.2f}{wanted}. Nothing was published.",
+            hint="Improve the model or change the gate in evalsuites/suites.yaml, then re-run the release.",
+        )
+
+
+class PublishError(KollmError):
+    """A publish target refused the release or could not be reached."""
+
+    exit_code = 8
+
+    def __init__(self, target: str, detail: str, *, hint: str | None = None) -> None:
+        self.target = target
+        self.detail = detail
+        super().__init__(f"Publishing to {target} failed: {detail}", hint=hint)
+
+
+class TagConflictError(KollmError):
+    """The release's version tag already exists in a repo with different content; tags are never overwritten."""
+
+    exit_code = 8
+
+    def __init__(self, repo: str, tag: str, detail: str) -> None:
+        self.repo = repo
+        self.tag = tag
+        super().__init__(
+            f"{repo} already has tag {tag} with different content ({detail}); kollm never moves a published tag.",
+            hint="Bump `version:` in the release spec (e.g. v1.2.1) and re-run.",
+        )
+
+
+class PullError(KollmError):
+    """A model could not be found or downloaded."""
+
+    exit_code = 9
+
+    def __init__(self, repo: str, detail: str, *, hint: str | None = None) -> None:
+        self.repo = repo
+        self.detail = detail
+        super().__init__(f"Cannot pull {repo}: {detail}", hint=hint)
+
+
+class ChecksumMismatchError(KollmError):
+    """A downloaded file does not match the sha256 the release manifest records for it."""
+
+    exit_code = 9
+
+    def __init__(self, path: str, expected: str, actual: str) -> None:
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{path} has sha256 {actual}, but the release manifest records {expected}; the file was deleted.",
+            hint="Re-run the pull; if it fails again the repo or a mirror is corrupt — report it to the publisher.",
+        )

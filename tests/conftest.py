@@ -42,3 +42,21 @@ def kollm_cli():
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def publish_release(tmp_path_factory, ko_tiny) -> Path:
+    """A small built release (merged + Q8_0 + Q4_K_M, not yet published) for the publish/pull tests."""
+    from kollm.config import ReleaseSpec
+    from kollm.release.pipeline import run_release
+
+    out = tmp_path_factory.mktemp("publish-release") / "out"
+    spec = ReleaseSpec(
+        name="ko-tiny",
+        base="fixture:ko-tiny",
+        adapters=["fixture:ko-tiny/cpt", "fixture:ko-tiny/sft"],
+        exports={"safetensors": True, "gguf": ["q8_0", "q4_k_m"]},
+        output_dir=out,
+    )
+    run_release(spec, show_progress=False)
+    return out

@@ -1,8 +1,13 @@
-"""A directory registry with the Hub's repo layout: ``<root>/<repo>/`` per published repo.
+"""A directory registry with the Hub's repo layout, used by the demo, tests and air-gapped sites.
 
-Each repo directory carries its files and ``kollm-manifest.json`` (every file's size and sha256, plus the
-release's provenance). A repo is assembled in a temporary directory, verified against the manifest, and
-renamed into place, so readers never see half a release.
+Layout of ``local:<root>``::
+
+    <root>/<repo>/                 the branch head ("main"): files, README.md, kollm-manifest.json …
+    <root>/<repo>/.tags/<version>/ an immutable snapshot per release tag (hard links: no extra space)
+
+A repo is assembled in a temporary directory, verified against the plan's sha256 records, and renamed into
+place, so readers never see half a release. An existing tag is never rewritten: re-publishing the same
+content is a no-op, different content under the same version is refused.
 """
 
 from __future__ import annotations
@@ -11,71 +16,70 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from kollm.errors import VerificationError
-from kollm.manifest import (
-    MANIFEST_NAME,
-    FileRecord,
-    atomic_path,
-    record_files,
-    verify_files,
-    write_json_atomic,
-)
+from kollm.errors import TagConflictError, VerificationError
+from kollm.manifest import atomic_path, verify_files
+from kollm.publish.plan import RepoPlan
 
-
-@dataclass(frozen=True)
-class RepoFiles:
-    """Files to publish as one repo: destination name -> source path."""
-
-    repo: str
-    files: dict[str, Path]
+TAGS_DIR = ".tags"
 
 
 @dataclass(frozen=True)
 class PublishedRepo:
-    """A repo as it now exists in the registry."""
+    """A repo as it now exists at its target."""
 
     repo: str
-    path: Path
-    files: list[FileRecord]
+    location: str
+    revision: str
+    status: str  # "published" or "unchanged"
 
 
-def parse_target(target: str) -> Path:
-    """``local:<dir>`` -> the registry directory."""
-    return Path(target.removeprefix("local:")).expanduser()
+def repo_dir(root: Path, repo: str, revision: str | None = None) -> Path:
+    """The directory holding ``repo`` at ``revision`` (None or "main": the branch head; else a tag)."""
+    base = root / repo
+    return base if revision in (None, "main") else base / TAGS_DIR / revision
 
 
-def publish(root: Path, repos: list[RepoFiles], manifest: dict[str, Any]) -> list[PublishedRepo]:
-    """Copy each repo's files into ``root/<repo>`` with a manifest, verifying checksums after the copy.
+def publish_repo(root: Path, plan: RepoPlan, *, version: str) -> PublishedRepo:
+    """Write one repo of a release into the registry and tag it ``version``.
 
     Raises:
-        VerificationError: a copied file does not match its source's checksum.
+        TagConflictError: ``version`` is already tagged with different artifacts.
+        VerificationError: a file in the registry does not match its sha256 record after the copy.
     """
-    published = []
-    for spec in repos:
-        final = root / spec.repo
-        with atomic_path(final) as tmp:
-            tmp.mkdir(parents=True)
-            for name, source in spec.files.items():
-                target = tmp / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                _link_or_copy(source, target)
-            files = record_files(tmp, [p for p in tmp.rglob("*") if p.is_file()])
-            expected = record_files(Path("/"), [Path(os.path.abspath(p)) for p in spec.files.values()])
-            if sorted(f.sha256 for f in files) != sorted(f.sha256 for f in expected):
-                raise VerificationError(final, "publish-copy", "a copied file differs from its source")
-            write_json_atomic(
-                tmp / MANIFEST_NAME, {**manifest, "repo": spec.repo, "files": [f.model_dump() for f in files]}
-            )
-        problems = verify_files(final, files)
+    final = root / plan.repo_id
+    tagged = repo_dir(root, plan.repo_id, version)
+    if tagged.is_dir():
+        problems = verify_files(tagged, plan.records)
         if problems:
-            raise VerificationError(final, "publish-verify", "; ".join(problems))
-        published.append(PublishedRepo(spec.repo, final, files))
-    return published
+            raise TagConflictError(plan.repo_id, version, "; ".join(problems))
+        return PublishedRepo(plan.repo_id, str(final), version, "unchanged")
+    with atomic_path(final) as tmp:
+        tmp.mkdir(parents=True)
+        for name, source in plan.contents().items():
+            target = tmp / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(source, bytes):
+                target.write_bytes(source)
+            else:
+                _link_or_copy(source, target)
+        problems = verify_files(tmp, plan.records)
+        if problems:
+            raise VerificationError(final, "publish-copy", "; ".join(problems))
+        if (final / TAGS_DIR).is_dir():
+            shutil.copytree(final / TAGS_DIR, tmp / TAGS_DIR, copy_function=_link_or_copy)
+        snapshot = tmp / TAGS_DIR / version
+        snapshot.mkdir(parents=True)
+        for name in plan.contents():
+            (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(tmp / name, snapshot / name)
+    problems = verify_files(tagged, plan.records)
+    if problems:
+        raise VerificationError(tagged, "publish-verify", "; ".join(problems))
+    return PublishedRepo(plan.repo_id, str(final), version, "published")
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def _link_or_copy(source: Path | str, target: Path | str) -> None:
     # Hard links make publishing multi-GB artifacts free when registry and output share a filesystem.
     try:
         os.link(source, target)

@@ -340,28 +340,21 @@ def _report_step(out: Path) -> Step:
 
 
 def _publish_step(spec: ReleaseSpec, inputs: _Inputs, deps: list[str]) -> Step:
-    assert spec.publish is not None
-    from kollm.publish import local
+    from dataclasses import asdict
 
-    root = local.parse_target(spec.publish).resolve()
+    from kollm.publish.plan import publish_config
+
+    cfg = publish_config(spec)
 
     def run(ctx: StepContext) -> StepOutput:
-        manifest = json.loads(ctx.files("manifest")[0].read_text(encoding="utf-8"))
-        repos = []
-        if spec.exports.safetensors:
-            repos.append(local.RepoFiles(spec.name, {p.name: p for p in ctx.files("merge")}))
-        if spec.exports.gguf:
-            ggufs = {p.name: p for t in spec.exports.gguf for p in ctx.files(f"gguf-{t}")}
-            repos.append(local.RepoFiles(f"{spec.name}-GGUF", ggufs))
-        root.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(root)
-        done = local.publish(root, repos, manifest)
-        files = [r.path / f.path for r in done for f in r.files] + [r.path / MANIFEST_NAME for r in done]
-        return StepOutput(files=files, record={"repos": [r.repo for r in done]}, root=root)
+        from kollm.publish import publisher
 
-    return Step(
-        "publish", run, inputs=("manifest", *deps), config={"target": str(root)}, disk_bytes=inputs.weights_bytes * 3
-    )
+        # The publisher verifies the artifacts against the manifest, and re-publishing identical content under
+        # the same version is a no-op, so a publish killed half-way simply runs again.
+        result = publisher.run(cfg, out_dir=ctx.out)
+        return StepOutput(record={"repos": [r.location for r in result.repos]})
+
+    return Step("publish", run, inputs=("manifest", *deps), config=asdict(cfg), disk_bytes=inputs.weights_bytes * 3)
 
 
 def build_steps(spec: ReleaseSpec, *, spec_path: Path | None = None, inputs: _Inputs | None = None) -> list[Step]:
@@ -520,10 +513,7 @@ def run_release(
             state = execute(
                 steps, out=out, work=out / ".work", force=force, max_workers=max_workers, hooks=hooks, hashes=hashes
             )
-    published = []
-    if "publish" in state.steps:
-        root = Path(state.steps["publish"].root or out)
-        published = [str(root / repo) for repo in state.steps["publish"].record["repos"]]
+    published = list(state.steps["publish"].record["repos"]) if "publish" in state.steps else []
     return ReleaseResult(
         out_dir=out,
         manifest_path=out / MANIFEST_NAME,

@@ -33,7 +33,9 @@ STEPS = [
 SECRET = "hf_kollmTestSentinel0123456789abcdef"
 
 
-def _spec(root: Path, *, gguf: str = "[f16, q8_0]", publish: bool = True, out: Path | None = None) -> Path:
+def _spec(
+    root: Path, *, gguf: str = "[f16, q8_0]", publish: bool = True, out: Path | None = None, version: str = "v0.1.0"
+) -> Path:
     path = root / "spec.yaml"
     lines = [
         "name: ko-kill",
@@ -43,7 +45,7 @@ def _spec(root: Path, *, gguf: str = "[f16, q8_0]", publish: bool = True, out: P
         f"output_dir: {out or root / 'out'}",
     ]
     if publish:
-        lines.append(f"publish: local:{root / 'reg'}")
+        lines += [f"publish: local:{root / 'reg'}", f"version: {version}"]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -143,7 +145,7 @@ def test_kill_while_steps_run_concurrently_then_resume(uninterrupted):
 
 def test_changed_spec_reruns_only_what_it_touches(uninterrupted):
     root, _, _ = uninterrupted
-    spec = _spec(root, gguf="[f16, q8_0, q4_k_m]")
+    spec = _spec(root, gguf="[f16, q8_0, q4_k_m]", version="v0.2.0")  # new content needs a new version
     done = _release(spec, "--jobs", "1")
     assert done.returncode == 0, done.stderr[-3000:]
     ran = json.loads(done.stdout)["ran"]
