@@ -348,7 +348,11 @@ def _publish_step(spec: ReleaseSpec, inputs: _Inputs, deps: list[str]) -> Step:
 
     def run(ctx: StepContext) -> StepOutput:
         from kollm.publish import publisher
+        from kollm.publish.plan import parse_target
 
+        target = parse_target(cfg.target, cfg.name)
+        if target.scheme == "local" and target.root is not None and target.root.is_dir():
+            remove_stale_temps(target.root)  # a repo a killed run was assembling, never renamed into place
         # The publisher verifies the artifacts against the manifest, and re-publishing identical content under
         # the same version is a no-op, so a publish killed half-way simply runs again.
         result = publisher.run(cfg, out_dir=ctx.out)
