@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/kollm serve --setup-env
 	# publish tests: git-lfs for the git-mirror publisher (apt, as root in CI), olah to serve the mirror
 	command -v git-lfs >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq git-lfs >/dev/null; } || echo "git-lfs unavailable: mirror tests will skip"
+	# headless Chromium renders the release report in tests; without apt (or root) those tests skip
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| echo "note: chromium not installed (no apt/root); the report rendering tests will be skipped"
 	touch $(STAMP)
 
 demo: $(STAMP)

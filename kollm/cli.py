@@ -46,17 +46,38 @@ def release(
         list[str] | None,
         typer.Option("--gate", help="Eval gate in percent, added to the spec's gates; repeatable: --gate kmmlu>=78."),
     ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print which steps would run or skip, and why; write nothing.")
+    ] = False,
+    force: Annotated[
+        list[str] | None, typer.Option("--force", help="Re-run this step even if done (repeatable).")
+    ] = None,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", "-j", min=1, help="Most steps at once (default: cores, bounded by memory).")
+    ] = None,
 ) -> None:
-    """Merge, export, verify, evaluate gates and publish a release described by SPEC."""
+    """Merge, export, verify, gate and publish a release described by SPEC; resumes where a run stopped."""
     from kollm.config import load_release_spec
-    from kollm.release.pipeline import run_release
+    from kollm.release.pipeline import plan_release, run_release
 
     loaded = load_release_spec(spec, {"output_dir": output_dir, "publish": publish})
     if gate:
         loaded = load_release_spec(
             spec, {"output_dir": output_dir, "publish": publish, "gates": [*loaded.gates, *gate]}
         )
-    result = run_release(loaded, spec_path=spec, show_progress=not as_json)
+    if dry_run:
+        planned = plan_release(loaded, force=tuple(force or ()))
+        if as_json:
+            out.print_json(json.dumps([{"step": p.step.name, "action": p.action, "reason": p.reason} for p in planned]))
+            return
+        table = Table(title=f"kollm release {loaded.name}: plan (dry run, nothing written)")
+        for column in ("step", "action", "why"):
+            table.add_column(column)
+        for item in planned:
+            table.add_row(item.step.name, item.action, item.reason)
+        out.print(table)
+        return
+    result = run_release(loaded, spec_path=spec, show_progress=not as_json, force=tuple(force or ()), max_workers=jobs)
     if as_json:
         rows = [vars(r) for r in result.rows]
         out.print_json(
@@ -66,6 +87,8 @@ def release(
                     "artifacts": rows,
                     "gates": result.gates,
                     "published": result.published,
+                    "ran": result.ran,
+                    "skipped": [p.step.name for p in result.plan if p.step.name not in result.ran],
                 }
             )
         )
@@ -77,6 +100,8 @@ def release(
         table.add_row(row.artifact, Path(row.path).name, _human(row.size), f"{row.seconds:.2f}", row.check)
     out.print(table)
     out.print(f"manifest: {result.manifest_path}")
+    out.print(f"report: {result.out_dir / 'report.html'}")
+    out.print(f"steps run: {', '.join(result.ran) or 'none (everything was done and verified)'}")
     for repo in result.published:
         out.print(f"published: {repo}")
 
@@ -593,6 +618,12 @@ def main() -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
+    except typer.TyperException as e:  # typer >= 0.29 vendors click: its usage errors are not click's classes
+        if isinstance(e, typer.Abort):
+            err.print("interrupted; re-run the same command to resume")
+            sys.exit(130)
+        e.show()  # type: ignore[attr-defined]
+        sys.exit(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         err.print("interrupted; re-run the same command to resume")
         sys.exit(130)

@@ -203,6 +203,75 @@ class OutputPathError(KollmError):
         )
 
 
+# --- release pipeline (plan, state, resume) --------------------------------------------------------------
+
+
+class DiskFullError(KollmError):
+    """The disk filled up while a step was writing; finished steps and the state file are intact."""
+
+    exit_code = 7
+
+    def __init__(self, path: Path | str, *, step: str, needed: int | None, free: int | None) -> None:
+        self.path = str(path)
+        self.step = step
+        self.needed = needed
+        self.free = free
+
+        def gb(n: int | None) -> str:
+            return "unknown" if n is None else f"{n / 1024**2:.1f} MiB"
+
+        super().__init__(
+            f"No space left on device while step '{step}' was writing {self.path} (it needs about {gb(needed)}, "
+            f"{gb(free)} was free). Nothing half-written was kept; steps finished earlier are intact and recorded "
+            "in kollm-state.json.",
+            hint="Free some space or pick another --output-dir, then re-run the same command: finished steps "
+            "are verified and skipped.",
+        )
+
+
+class ReleaseLockedError(KollmError):
+    """Another `kollm release` is writing to the same output directory."""
+
+    exit_code = 8
+
+    def __init__(self, out_dir: Path | str) -> None:
+        self.out_dir = str(out_dir)
+        super().__init__(
+            f"Another kollm release is running in {self.out_dir} (it holds a lock on that directory).",
+            hint="Wait for it to finish, or use another --output-dir.",
+        )
+
+
+class UnknownStepError(KollmError):
+    """--force named a step that is not in this release's plan."""
+
+    exit_code = 2
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        from difflib import get_close_matches
+
+        self.name = name
+        close = get_close_matches(name, known, n=1)
+        suggestion = f" Did you mean '{close[0]}'?" if close else ""
+        super().__init__(
+            f"--force {name}: no such step in this release.{suggestion} Steps: {', '.join(known)}.",
+            hint="`kollm release SPEC --dry-run` prints the plan with every step's name.",
+        )
+
+
+class StateFileError(KollmError):
+    """kollm-state.json exists but cannot be read (edited by hand, or from an incompatible kollm)."""
+
+    exit_code = 2
+
+    def __init__(self, path: Path | str, detail: str) -> None:
+        self.path = str(path)
+        super().__init__(
+            f"{self.path} cannot be read: {detail}.",
+            hint="Delete it to rebuild every step from scratch (artifacts are re-created and re-verified).",
+        )
+
+
 # --- publish and pull -----------------------------------------------------------------------------------
 
 

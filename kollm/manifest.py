@@ -18,6 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kollm.faults import kill_point
+
 _CHUNK = 8 * 1024 * 1024
 MANIFEST_NAME = "kollm-manifest.json"
 
@@ -52,6 +54,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_tree(tmp)
+        kill_point("mid")  # reliability tests: a complete temp that was never renamed
         if final.exists():
             _remove(final)
         os.replace(tmp, final)

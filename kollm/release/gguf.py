@@ -7,8 +7,10 @@ output back with ``gguf.GGUFReader`` and records the tensor types actually writt
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -26,6 +28,7 @@ from kollm.models import resolve_pre_tokenizer
 from kollm.release.converter import ensure_converter
 
 log = logging.getLogger(__name__)
+_DISK_FULL = re.compile(r"No space left on device|\d+ requested and \d+ written")
 
 # Which GGML tensor types a quantized file is expected to use for its big matrices.
 _EXPECTED_MAIN = {
@@ -116,6 +119,10 @@ def _convert(model_dir: Path, out: Path, outtype: str, pre: str, converter_root:
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0 or not out.is_file():
         tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
+        if _DISK_FULL.search(tail):
+            # Surface as the OSError it is, so the pipeline reports the full disk like any other write. NumPy's
+            # tofile reports a full disk only as a short write, without errno.
+            raise OSError(errno.ENOSPC, "No space left on device", str(out))
         raise ConverterError("llama.cpp convert_hf_to_gguf.py", tail)
 
 
@@ -129,6 +136,49 @@ def _quantize(src: Path, dst: Path, gguf_type: str) -> None:
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc != 0 or not dst.is_file():
         raise ConverterError(f"llama_model_quantize to {gguf_type}", f"return code {rc}")
+
+
+def describe(gguf_type: str, path: Path, seconds: float) -> GgufFile:
+    """Read a written GGUF back and record the tensor types llama.cpp actually used."""
+    counts, by_name = tensor_type_counts(path)
+    item = GgufFile(gguf_type, path, seconds, counts, _fallbacks(gguf_type, by_name))
+    if item.fallback_tensors:
+        log.warning("%s: %d tensors fell back to another type", path.name, len(item.fallback_tensors))
+    return item
+
+
+def convert_one(model_dir: Path, target: Path, gguf_type: str, *, pre_tokenizer: str, converter_root: Path) -> GgufFile:
+    """Convert an HF checkpoint to one float GGUF at ``target`` (temp + rename).
+
+    Args:
+        model_dir: merged HF checkpoint.
+        target: final file path.
+        gguf_type: f32, f16 or bf16.
+        pre_tokenizer: llama.cpp pre-tokenizer name.
+        converter_root: directory of convert_hf_to_gguf.py (see ``ensure_converter``).
+
+    Returns:
+        The written file with its tensor types.
+
+    Raises:
+        ConverterError: the converter failed; OSError(ENOSPC) when the disk filled up.
+    """
+    started = time.perf_counter()
+    with atomic_path(target) as tmp:
+        _convert(model_dir, tmp, gguf_type, pre_tokenizer, converter_root)
+    return describe(gguf_type, target, time.perf_counter() - started)
+
+
+def quantize_one(reference: Path, target: Path, gguf_type: str) -> GgufFile:
+    """Quantize a float GGUF to ``gguf_type`` at ``target`` (temp + rename, renamed only on success).
+
+    Raises:
+        ConverterError: llama_model_quantize failed.
+    """
+    started = time.perf_counter()
+    with atomic_path(target) as tmp:
+        _quantize(reference, tmp, gguf_type)
+    return describe(gguf_type, target, time.perf_counter() - started)
 
 
 def run(
@@ -162,30 +212,19 @@ def run(
     floats = [t for t in cfg.types if t in GGUF_FLOAT_TYPES]
     reference_type = "f16" if "f16" in floats or not floats else floats[0]
     files: list[GgufFile] = []
-
-    def finish(gguf_type: str, path: Path, started: float) -> GgufFile:
-        counts, by_name = tensor_type_counts(path)
-        item = GgufFile(gguf_type, path, time.perf_counter() - started, counts, _fallbacks(gguf_type, by_name))
-        if item.fallback_tensors:
-            log.warning("%s: %d tensors fell back to another type", path.name, len(item.fallback_tensors))
-        if on_file:
-            on_file(item)
-        return item
-
     ordered = [reference_type] + [t for t in floats if t != reference_type]
     reference_dir = out_dir if reference_type in cfg.types else work_dir
     reference = reference_dir / file_name(cfg.name, reference_type)
     for gguf_type in ordered:
-        started = time.perf_counter()
         target = (out_dir if gguf_type in cfg.types else work_dir) / file_name(cfg.name, gguf_type)
-        with atomic_path(target) as tmp:
-            _convert(model_dir, tmp, gguf_type, pre, converter.root)
+        item = convert_one(model_dir, target, gguf_type, pre_tokenizer=pre, converter_root=converter.root)
         if gguf_type in cfg.types:
-            files.append(finish(gguf_type, target, started))
+            files.append(item)
+            if on_file:
+                on_file(item)
     for gguf_type in (t for t in cfg.types if t not in GGUF_FLOAT_TYPES):
-        started = time.perf_counter()
-        target = out_dir / file_name(cfg.name, gguf_type)
-        with atomic_path(target) as tmp:
-            _quantize(reference, tmp, gguf_type)
-        files.append(finish(gguf_type, target, started))
+        item = quantize_one(reference, out_dir / file_name(cfg.name, gguf_type), gguf_type)
+        files.append(item)
+        if on_file:
+            on_file(item)
     return GgufResult(files=files, pre_tokenizer=pre, converter=converter.origin, reference=reference)

@@ -1,12 +1,17 @@
-"""`kollm release`: merge → exports → verification → publish, with a manifest of everything.
+"""`kollm release`: the plan of steps (merge → exports → verification → manifest → report → publish).
 
-Stages report progress through callbacks; this module owns the rich progress display, the CLI only prints
-the summary it returns.
+Each step is a thin adapter from the release spec to one stage module; the graph engine (state file, resume,
+concurrency) lives in ``kollm.release.steps``. To add a step, write a ``_foo_step`` function returning a
+``Step`` and append it in ``build_steps`` after its inputs, then list its name in the manifest's inputs if the
+manifest should record it. This module owns the rich progress display; the CLI prints the summary.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,41 +21,29 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    SpinnerColumn,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from kollm.config import GGUF_FLOAT_TYPES, ReleaseSpec
-from kollm.errors import GateFailedError
-from kollm.evals import release_gates
-from kollm.evals import report as eval_report
-from kollm.manifest import (
-    MANIFEST_NAME,
-    ArtifactRecord,
-    record_files,
-    remove_stale_temps,
-    tool_versions,
-    write_json_atomic,
-)
-from kollm.release import gguf, merge, verify_gguf
+from kollm.errors import GateFailedError, KollmError, OutputPathError, ReleaseLockedError
+from kollm.manifest import MANIFEST_NAME, ArtifactRecord, remove_stale_temps, tool_versions
 from kollm.release.inputs import ResolvedInput, resolve
-from kollm.train.stages import stage_provenance
-
-_TOOLS = (
-    "torch",
-    "transformers",
-    "peft",
-    "tokenizers",
-    "safetensors",
-    "llama-cpp-python",
-    "gguf",
-    "huggingface_hub",
+from kollm.release.steps import (
+    PlannedStep,
+    RunHooks,
+    Step,
+    StepContext,
+    StepOutput,
+    StepState,
+    execute,
+    plan,
+    read_state,
 )
+
+REPORT_NAME = "report.html"
+_TOOLS = ("torch", "transformers", "peft", "tokenizers", "safetensors", "llama-cpp-python", "gguf", "huggingface_hub")
+# GGUF size relative to a 16-bit checkpoint, for disk and memory estimates.
+_GGUF_RATIO = {"f32": 2.0, "f16": 1.0, "bf16": 1.0, "q8_0": 0.53, "q6_k": 0.41, "q5_k_m": 0.36, "q5_k_s": 0.35}
+_MiB = 1024**2
 
 
 @dataclass
@@ -66,258 +59,581 @@ class SummaryRow:
 
 @dataclass
 class ReleaseResult:
-    """What a release produced."""
+    """What a release produced (or, for a dry run, would do)."""
 
     out_dir: Path
     manifest_path: Path
     rows: list[SummaryRow]
     published: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    plan: list[PlannedStep] = field(default_factory=list)
+    ran: list[str] = field(default_factory=list)
     gates: list[dict[str, Any]] = field(default_factory=list)
 
 
-class _Display:
-    """Rich progress on stderr; silent when disabled (tests, --json)."""
+@dataclass(frozen=True)
+class _Inputs:
+    base: ResolvedInput
+    adapters: list[ResolvedInput]
+    weights_bytes: int
 
-    def __init__(self, enabled: bool) -> None:
-        self.console = Console(stderr=True)
-        self.progress = (
-            Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description:<28}"),
-                BarColumn(),
-                TaskProgressColumn(),
-                TimeElapsedColumn(),
-                console=self.console,
-                transient=False,
-            )
-            if enabled
-            else None
+
+def _inside(out: Path, relative: str, what: str) -> Path:
+    """``out/relative``, refusing any path (``..``, absolute, a symlink) that would land outside ``out``."""
+    target = (out / relative).resolve()
+    if target != out and out not in target.parents:
+        raise OutputPathError(what, relative)
+    return out / relative
+
+
+def _stat_fingerprint(directory: Path) -> str:
+    # The base can be tens of GB: name, size and mtime decide whether the merge re-runs; the merge itself
+    # records every base file's sha256 in the manifest.
+    rows = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir() if p.is_file())
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def _content_fingerprint(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.iterdir() if p.is_file()):
+        digest.update(path.name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _resolve_inputs(spec: ReleaseSpec) -> _Inputs:
+    base = resolve(spec.base, revision=spec.base_revision, trust_remote_code=spec.trust_remote_code, what="base model")
+    adapters = [resolve(a, what="adapter") for a in spec.adapters]
+    weights = sum(p.stat().st_size for p in base.path.glob("*.safetensors"))
+    return _Inputs(base, adapters, weights)
+
+
+# --- steps: thin adapters from the spec to the stage modules ------------------------------------------------
+
+
+def _merged_dir(spec: ReleaseSpec) -> str:
+    return "merged" if spec.exports.safetensors else ".work/merged"
+
+
+def _merge_step(spec: ReleaseSpec, inputs: _Inputs, out: Path) -> Step:
+    target = _inside(out, _merged_dir(spec), "merged model directory")
+
+    def run(ctx: StepContext) -> StepOutput:
+        from kollm.release import merge
+        from kollm.train.stages import stage_provenance
+
+        result = merge.run(
+            merge.MergeConfig(allow_pickle=spec.allow_pickle, trust_remote_code=spec.trust_remote_code),
+            base=inputs.base.path,
+            adapters=[a.path for a in inputs.adapters],
+            out_dir=target,
+            progress=ctx.progress,
         )
+        record = {
+            "dir": _merged_dir(spec),
+            "base_files": result.base_files,
+            "adapters": [
+                {"source": a.source, **vars(p), "training": stage_provenance(a.path)}
+                for a, p in zip(inputs.adapters, result.adapters, strict=True)
+            ],
+            "merged_tensors": result.merged_tensors,
+            "replaced_tensors": result.replaced_tensors,
+            "config_changes": result.config_changes,
+        }
+        return StepOutput(files=[p for p in target.iterdir() if p.is_file()], record=record)
 
-    @contextmanager
-    def step(self, description: str, total: int | None = None) -> Iterator[Any]:
-        if self.progress is None:
-            yield lambda done, total: None
-            return
-        task = self.progress.add_task(description, total=total)
-
-        def update(done: int, total_: int) -> None:
-            self.progress.update(task, completed=done, total=total_)
-
-        try:
-            yield update
-        finally:
-            current = self.progress.tasks[task]
-            self.progress.update(task, completed=current.total or 1, total=current.total or 1)
-
-
-def _artifact(name: str, kind: str, root: Path, paths: list[Path], seconds: float, **extra: Any) -> ArtifactRecord:
-    return ArtifactRecord(
-        name=name,
-        kind=kind,
-        path=paths[0].parent.relative_to(root).as_posix() if len(paths) > 1 else paths[0].relative_to(root).as_posix(),
-        files=record_files(root, paths),
-        seconds=round(seconds, 3),
-        **extra,
+    external = {"base": _stat_fingerprint(inputs.base.path)}
+    external |= {f"adapter{i}": _content_fingerprint(a.path) for i, a in enumerate(inputs.adapters)}
+    config = {"dir": _merged_dir(spec), "allow_pickle": spec.allow_pickle, "trust_remote_code": spec.trust_remote_code}
+    return Step(
+        "merge", run, config=config, external=external, memory_bytes=512 * _MiB, disk_bytes=inputs.weights_bytes
     )
 
 
-def run_release(spec: ReleaseSpec, *, spec_path: Path | None = None, show_progress: bool = True) -> ReleaseResult:
-    """Run a whole release described by ``spec``.
+def _reference_step(spec: ReleaseSpec, inputs: _Inputs, out: Path) -> Step:
+    target = _inside(out, ".work/hf-reference.npz", "verification reference")
 
-    Args:
-        spec: the validated release spec.
-        spec_path: the YAML it came from (recorded in the manifest).
-        show_progress: draw rich progress bars on stderr.
+    def run(ctx: StepContext) -> StepOutput:
+        from kollm.manifest import atomic_path
+        from kollm.release import verify_gguf
 
-    Returns:
-        The summary rows, the manifest path and the published repos.
+        reference = verify_gguf.hf_reference(ctx.out / ctx.record("merge")["dir"], spec.verify.prompts)
+        with atomic_path(target) as tmp:
+            verify_gguf.save_reference(reference, tmp)
+        return StepOutput(files=[target])
 
-    Raises:
-        KollmError subclasses for every user-fixable problem; nothing is published unless all checks pass.
-    """
-    started = time.perf_counter()
-    out = spec.out_dir.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out)
-    work = out / ".work"
-    display = _Display(show_progress)
-    rows: list[SummaryRow] = []
-    artifacts: list[ArtifactRecord] = []
+    return Step(
+        "hf-reference",
+        run,
+        inputs=("merge",),
+        config={"prompts": spec.verify.prompts},
+        memory_bytes=3 * inputs.weights_bytes + 512 * _MiB,
+        disk_bytes=64 * _MiB,
+    )
 
-    base = resolve(spec.base, revision=spec.base_revision, trust_remote_code=spec.trust_remote_code, what="base model")
-    adapters: list[ResolvedInput] = [resolve(a, what="adapter") for a in spec.adapters]
-    gate_cfg = release_gates.GateRunConfig(
+
+def _gguf_steps(spec: ReleaseSpec, inputs: _Inputs, out: Path) -> list[Step]:
+    from kollm.release.gguf import file_name
+
+    types = spec.exports.gguf
+    floats = [t for t in types if t in GGUF_FLOAT_TYPES]
+    reference_type = "f16" if "f16" in floats or not floats else floats[0]
+    gguf_dir = _inside(out, "gguf", "GGUF directory")
+    work = _inside(out, ".work", "work directory")
+
+    def convert(gguf_type: str, target: Path) -> Step:
+        def run(ctx: StepContext) -> StepOutput:
+            from kollm.models import resolve_pre_tokenizer
+            from kollm.release import gguf
+            from kollm.release.converter import ensure_converter
+
+            model_dir = ctx.out / ctx.record("merge")["dir"]
+            pre = spec.gguf_pre_tokenizer or resolve_pre_tokenizer(model_dir)
+            converter = ensure_converter()
+            item = gguf.convert_one(model_dir, target, gguf_type, pre_tokenizer=pre, converter_root=converter.root)
+            ctx.progress(1, 1)
+            record = {"pre_tokenizer": pre, "converter": converter.origin, **_gguf_record(item)}
+            return StepOutput(files=[target], record=record)
+
+        ratio = _GGUF_RATIO[gguf_type]
+        return Step(
+            f"gguf-{gguf_type}",
+            run,
+            inputs=("merge",),
+            config={"name": spec.name, "type": gguf_type, "pre": spec.gguf_pre_tokenizer, "path": str(target)},
+            memory_bytes=inputs.weights_bytes + 512 * _MiB,
+            disk_bytes=int(inputs.weights_bytes * ratio),
+        )
+
+    def quantize(gguf_type: str) -> Step:
+        target = gguf_dir / file_name(spec.name, gguf_type)
+
+        def run(ctx: StepContext) -> StepOutput:
+            from kollm.release import gguf
+
+            item = gguf.quantize_one(ctx.files(f"gguf-{reference_type}")[0], target, gguf_type)
+            ctx.progress(1, 1)
+            return StepOutput(files=[target], record=_gguf_record(item))
+
+        return Step(
+            f"gguf-{gguf_type}",
+            run,
+            inputs=(f"gguf-{reference_type}",),
+            config={"name": spec.name, "type": gguf_type},
+            memory_bytes=2 * inputs.weights_bytes + 256 * _MiB,
+            disk_bytes=int(inputs.weights_bytes * _GGUF_RATIO.get(gguf_type, 0.3)),
+        )
+
+    reference_target = (gguf_dir if reference_type in types else work) / file_name(spec.name, reference_type)
+    steps = [convert(reference_type, reference_target)]
+    steps += [convert(t, gguf_dir / file_name(spec.name, t)) for t in floats if t != reference_type]
+    steps += [quantize(t) for t in types if t not in GGUF_FLOAT_TYPES]
+    return steps
+
+
+def _gguf_record(item: Any) -> dict[str, Any]:
+    return {"gguf_type": item.gguf_type, "tensor_types": item.tensor_types, "fallback_tensors": item.fallback_tensors}
+
+
+def _verify_step(spec: ReleaseSpec, inputs: _Inputs, gguf_type: str) -> Step:
+    is_float = gguf_type in GGUF_FLOAT_TYPES and gguf_type != "bf16"
+    atol = spec.verify.f16_logits_atol if is_float else None
+
+    def run(ctx: StepContext) -> StepOutput:
+        from kollm.release import verify_gguf
+
+        reference = verify_gguf.load_reference(ctx.files("hf-reference")[0])
+        ctx.progress(0, 1)
+        check = verify_gguf.check_gguf(ctx.files(f"gguf-{gguf_type}")[0], reference, atol=atol)
+        verdict = f"ok, Δlogit {check.max_logit_diff:.3f}, top-1 {check.top1_agreement:.0%}" + (
+            f" (≤ {atol})" if atol is not None else ""
+        )
+        return StepOutput(record={"checks": check.checks, "verdict": verdict})
+
+    return Step(
+        f"verify-gguf-{gguf_type}",
+        run,
+        inputs=(f"gguf-{gguf_type}", "hf-reference"),
+        config={"atol": atol},
+        memory_bytes=int(inputs.weights_bytes * _GGUF_RATIO.get(gguf_type, 0.3)) + 512 * _MiB,
+    )
+
+
+def _gate_config(spec: ReleaseSpec) -> Any:
+    from kollm.evals import release_gates
+
+    return release_gates.GateRunConfig(
         gates=spec.gates,
         limit=spec.eval.limit,
         data_dir=spec.eval.data_dir,
         offline=spec.eval.offline,
         max_gen_toks=spec.eval.max_gen_toks,
     )
-    if spec.gates:
-        # Bad gates, unknown suites and missing offline data fail here, before the merge starts.
-        release_gates.prepare(gate_cfg, artifact_names=["merged", *spec.exports.gguf])
 
-    ctx = display.progress if display.progress is not None else _null()
-    with ctx:
-        merged_dir = (out / "merged") if spec.exports.safetensors else (work / "merged")
-        with display.step("merge", total=None) as update:
-            merged = merge.run(
-                merge.MergeConfig(allow_pickle=spec.allow_pickle, trust_remote_code=spec.trust_remote_code),
-                base=base.path,
-                adapters=[a.path for a in adapters],
-                out_dir=merged_dir,
-                progress=update,
-            )
-        if spec.exports.safetensors:
-            record = _artifact(
-                "merged",
-                "safetensors",
-                out,
-                [p for p in merged_dir.iterdir() if p.is_file()],
-                merged.seconds,
-                details={
-                    "merged_tensors": merged.merged_tensors,
-                    "replaced_tensors": merged.replaced_tensors,
-                },
-            )
-            record.checks = {"sha256": "recorded"}
-            artifacts.append(record)
-            rows.append(SummaryRow("merged (safetensors)", record.path, record.size, merged.seconds, "ok"))
 
-        gguf_result = None
-        if spec.exports.gguf:
-            with display.step("gguf: convert + quantize", total=len(spec.exports.gguf)) as update:
-                count = 0
+def _gates_step(spec: ReleaseSpec, inputs: _Inputs, out: Path) -> Step:
+    """Evaluate the artifacts the gates name (lm-eval) and record the outcomes; `gate-check` acts on them."""
+    eval_dir = _inside(out, "eval", "eval report directory")
+    gguf_inputs = tuple(f"gguf-{t}" for t in spec.exports.gguf) + tuple(f"verify-gguf-{t}" for t in spec.exports.gguf)
 
-                def on_file(_: gguf.GgufFile) -> None:
-                    nonlocal count
-                    count += 1
-                    update(count, len(spec.exports.gguf))
+    def run(ctx: StepContext) -> StepOutput:
+        from kollm.evals import release_gates
+        from kollm.evals import report as eval_report
 
-                gguf_result = gguf.run(
-                    gguf.GgufConfig(name=spec.name, types=spec.exports.gguf, pre_tokenizer=spec.gguf_pre_tokenizer),
-                    model_dir=merged_dir,
-                    out_dir=out / "gguf",
-                    work_dir=work,
-                    on_file=on_file,
-                )
-            with display.step("verify gguf", total=len(gguf_result.files)) as update:
-                reference = verify_gguf.hf_reference(merged_dir, spec.verify.prompts)
-                for i, item in enumerate(gguf_result.files, start=1):
-                    is_float = item.gguf_type in GGUF_FLOAT_TYPES and item.gguf_type != "bf16"
-                    check = verify_gguf.check_gguf(
-                        item.path, reference, atol=spec.verify.f16_logits_atol if is_float else None
-                    )
-                    record = _artifact(
-                        f"gguf-{item.gguf_type}",
-                        "gguf",
-                        out,
-                        [item.path],
-                        item.seconds,
-                        checks=check.checks,
-                        details={
-                            "tensor_types": item.tensor_types,
-                            "fallback_tensors": item.fallback_tensors,
-                        },
-                    )
-                    artifacts.append(record)
-                    verdict = f"ok, Δlogit {check.max_logit_diff:.3f}, top-1 {check.top1_agreement:.0%}" + (
-                        f" (≤ {spec.verify.f16_logits_atol})" if is_float else ""
-                    )
-                    rows.append(SummaryRow(f"gguf {item.gguf_type}", record.path, record.size, item.seconds, verdict))
-                    update(i, len(gguf_result.files))
-
-        gate_result = None
-        if spec.gates:
-            with display.step("eval gates (lm-eval)", total=None) as update:
-                gate_result = release_gates.run(
-                    gate_cfg,
-                    merged=merged_dir,
-                    gguf_files={f.gguf_type: f.path for f in gguf_result.files} if gguf_result else {},
-                    out_dir=out / "eval",
-                    on_artifact=lambda _name, done, total: update(done, total),
-                )
-            for path in (gate_result.files.results, gate_result.files.chart):
-                if path is not None:
-                    rows.append(
-                        SummaryRow("eval report", path.relative_to(out).as_posix(), path.stat().st_size, 0.0, "-")
-                    )
-
-    manifest: dict[str, Any] = {
-        "kollm_manifest": 1,
-        "release": spec.name,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "spec": json.loads(spec.model_dump_json()),
-        "spec_file": str(spec_path) if spec_path else None,
-        "base": {
-            "source": base.source,
-            "kind": base.kind,
-            "revision": base.revision,
-            "files_sha256": merged.base_files,
-        },
-        "adapters": [
-            {"source": a.source, **vars(p), "training": stage_provenance(a.path)}
-            for a, p in zip(adapters, merged.adapters, strict=True)
-        ],
-        "merge": {"engine": "kollm-streaming", "config_changes": merged.config_changes},
-        "gguf": {
-            "pre_tokenizer": gguf_result.pre_tokenizer,
-            "converter": gguf_result.converter,
+        result = release_gates.run(
+            _gate_config(spec),
+            merged=ctx.out / ctx.record("merge")["dir"],
+            gguf_files={t: ctx.files(f"gguf-{t}")[0] for t in spec.exports.gguf},
+            out_dir=eval_dir,
+            on_artifact=lambda _name, done, total: ctx.progress(done, total),
+        )
+        files = [p for p in (result.files.results, result.files.chart) if p is not None]
+        record = {
+            "results": result.files.results.relative_to(ctx.out).as_posix(),
+            "gates": eval_report.gate_rows(result.outcomes),
+            "scores": eval_report.score_records(result.outcomes, result.results),
+            "failed": [{"gate": o.gate.text, "threshold": o.threshold, "actual": o.actual} for o in result.failed],
+            "seconds": round(result.seconds, 1),
         }
-        if gguf_result
-        else None,
-        "tools": tool_versions(*_TOOLS),
-        "artifacts": [a.model_dump() for a in artifacts],
-        "evals": {
-            "results": gate_result.files.results.relative_to(out).as_posix(),
-            "gates": eval_report.gate_rows(gate_result.outcomes),
-        }
-        if gate_result
-        else None,
-        # The publisher re-checks these and turns them into the cards' model-index (kollm.publish.card.ScoreRecord).
-        "scores": eval_report.score_records(gate_result.outcomes, gate_result.results) if gate_result else [],
-    }
-    manifest_path = out / MANIFEST_NAME
-    write_json_atomic(manifest_path, manifest)
-    if gate_result is not None:
-        if display.progress is not None:
-            display.console.print(_gate_table(gate_result))
-        if gate_result.failed:
-            first = gate_result.failed[0]
+        return StepOutput(files=files, record=record)
+
+    config = {"gates": spec.gates, "eval": json.loads(spec.eval.model_dump_json())}
+    return Step(
+        "gates",
+        run,
+        inputs=("merge", *gguf_inputs),
+        config=config,
+        memory_bytes=3 * inputs.weights_bytes + 1024 * _MiB,
+        disk_bytes=4 * _MiB,
+    )
+
+
+def _gate_check_step() -> Step:
+    """Stops the release (exit 7) when a gate failed; publish depends on it, so nothing is published."""
+
+    def run(ctx: StepContext) -> StepOutput:
+        failed = ctx.record("gates")["failed"]
+        if failed:
+            first = failed[0]
             raise GateFailedError(
-                first.gate.text, first.threshold, first.actual, failed=[o.gate.text for o in gate_result.failed]
+                first["gate"], first["threshold"], first["actual"], failed=[f["gate"] for f in failed]
             )
+        return StepOutput(record={"passed": True})
 
-    published: list[str] = []
-    if spec.publish:
+    return Step("gate-check", run, inputs=("gates",))
+
+
+def _artifacts(spec: ReleaseSpec, ctx: StepContext) -> list[ArtifactRecord]:
+    found = []
+    if spec.exports.safetensors:
+        state = ctx.states["merge"]
+        merge_record = state.record
+        found.append(
+            ArtifactRecord(
+                name="merged",
+                kind="safetensors",
+                path=merge_record["dir"],
+                files=state.files,
+                seconds=state.seconds,
+                checks={"sha256": "recorded"},
+                details={k: merge_record[k] for k in ("merged_tensors", "replaced_tensors")},
+            )
+        )
+    for gguf_type in spec.exports.gguf:
+        state = ctx.states[f"gguf-{gguf_type}"]
+        verify = ctx.record(f"verify-gguf-{gguf_type}")
+        found.append(
+            ArtifactRecord(
+                name=f"gguf-{gguf_type}",
+                kind="gguf",
+                path=state.files[0].path,
+                files=state.files,
+                seconds=state.seconds,
+                checks=verify["checks"],
+                details={k: state.record[k] for k in ("tensor_types", "fallback_tensors")}
+                | {"verdict": verify["verdict"]},
+            )
+        )
+    return found
+
+
+def _manifest_step(spec: ReleaseSpec, inputs: _Inputs, out: Path, spec_path: Path | None, deps: list[str]) -> Step:
+    target = _inside(out, MANIFEST_NAME, "manifest")
+
+    def run(ctx: StepContext) -> StepOutput:
+        from kollm.manifest import write_json_atomic
+
+        merge_record = ctx.record("merge")
+        first_gguf = next((ctx.record(n) for n in deps if n.startswith("gguf-") and "converter" in ctx.record(n)), None)
+        manifest: dict[str, Any] = {
+            "kollm_manifest": 1,
+            "release": spec.name,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "spec": json.loads(spec.model_dump_json()),
+            "spec_file": str(spec_path) if spec_path else None,
+            "base": {
+                "source": inputs.base.source,
+                "kind": inputs.base.kind,
+                "revision": inputs.base.revision,
+                "files_sha256": merge_record["base_files"],
+            },
+            "adapters": merge_record["adapters"],
+            "merge": {"engine": "kollm-streaming", "config_changes": merge_record["config_changes"]},
+            "gguf": {"pre_tokenizer": first_gguf["pre_tokenizer"], "converter": first_gguf["converter"]}
+            if first_gguf
+            else None,
+            "tools": tool_versions(*_TOOLS),
+            "steps": {name: ctx.states[name].fingerprint for name in deps},
+            "artifacts": [a.model_dump() for a in _artifacts(spec, ctx)],
+            "evals": None,
+            # The publisher re-checks these and turns them into the cards' model-index (kollm.publish.card).
+            "scores": [],
+        }
+        if "gates" in deps:
+            gates = ctx.record("gates")
+            manifest["evals"] = {"results": gates["results"], "gates": gates["gates"]}
+            manifest["scores"] = gates["scores"]
+        write_json_atomic(target, manifest)
+        return StepOutput(files=[target])
+
+    return Step("manifest", run, inputs=tuple(deps), config=json.loads(spec.model_dump_json()), disk_bytes=_MiB)
+
+
+def _report_step(out: Path) -> Step:
+    target = _inside(out, REPORT_NAME, "report")
+
+    def run(ctx: StepContext) -> StepOutput:
+        from kollm.manifest import write_text_atomic
+        from kollm.release import report
+
+        manifest = json.loads(ctx.files("manifest")[0].read_text(encoding="utf-8"))
+        write_text_atomic(target, report.render(manifest, out_dir=ctx.out))
+        return StepOutput(files=[target])
+
+    return Step("report", run, inputs=("manifest",), disk_bytes=4 * _MiB)
+
+
+def _publish_step(spec: ReleaseSpec, inputs: _Inputs, deps: list[str]) -> Step:
+    from dataclasses import asdict
+
+    from kollm.publish.plan import publish_config
+
+    cfg = publish_config(spec)
+
+    def run(ctx: StepContext) -> StepOutput:
         from kollm.publish import publisher
-        from kollm.publish.plan import publish_config
+        from kollm.publish.plan import parse_target
 
-        with (
-            display.progress if display.progress is not None else _null(),
-            display.step(f"publish {spec.version}", total=None),
-        ):
-            result = publisher.run(publish_config(spec), out_dir=out)
-        published = [r.location for r in result.repos]
-    gates = eval_report.gate_rows(gate_result.outcomes) if gate_result else []
-    return ReleaseResult(out, manifest_path, rows, published, time.perf_counter() - started, gates)
+        target = parse_target(cfg.target, cfg.name)
+        if target.scheme == "local" and target.root is not None and target.root.is_dir():
+            remove_stale_temps(target.root)  # a repo a killed run was assembling, never renamed into place
+        # The publisher verifies the artifacts against the manifest, and re-publishing identical content under
+        # the same version is a no-op, so a publish killed half-way simply runs again.
+        result = publisher.run(cfg, out_dir=ctx.out)
+        return StepOutput(record={"repos": [r.location for r in result.repos]})
+
+    return Step("publish", run, inputs=("manifest", *deps), config=asdict(cfg), disk_bytes=inputs.weights_bytes * 3)
 
 
-def _gate_table(gate_result: release_gates.GateRunResult) -> Any:
+def build_steps(spec: ReleaseSpec, *, spec_path: Path | None = None, inputs: _Inputs | None = None) -> list[Step]:
+    """The release's steps in plan order (every step after its inputs).
+
+    Args:
+        spec: the validated release spec.
+        spec_path: the YAML it came from (recorded in the manifest).
+        inputs: resolved base and adapters (resolved here when omitted).
+
+    Returns:
+        The steps; names are what `--force` accepts.
+
+    Raises:
+        OutputPathError: an output location resolves outside the output directory.
+    """
+    out = spec.out_dir.resolve()
+    if out.exists() and not out.is_dir():
+        raise KollmError(
+            f"output_dir {out} exists and is not a directory.", hint="Choose another --output-dir or remove that file."
+        )
+    if spec.gates:
+        from kollm.evals import release_gates
+
+        # Bad gates, unknown suites and missing offline data fail here, before anything is built.
+        release_gates.prepare(_gate_config(spec), artifact_names=["merged", *spec.exports.gguf])
+    inputs = inputs or _resolve_inputs(spec)
+    steps = [_merge_step(spec, inputs, out)]
+    if spec.exports.gguf:
+        steps.append(_reference_step(spec, inputs, out))
+        steps += _gguf_steps(spec, inputs, out)
+        steps += [_verify_step(spec, inputs, t) for t in spec.exports.gguf]
+    artifact_steps = ["merge"] + [s.name for s in steps if s.name.startswith(("gguf-", "verify-gguf-"))]
+    manifest_deps = list(artifact_steps)
+    if spec.gates:
+        steps.append(_gates_step(spec, inputs, out))
+        manifest_deps.append("gates")
+    steps.append(_manifest_step(spec, inputs, out, spec_path, manifest_deps))
+    steps.append(_report_step(out))
+    if spec.gates:
+        steps.append(_gate_check_step())
+    if spec.publish:
+        publish_deps = [*artifact_steps, "gate-check"] if spec.gates else artifact_steps
+        steps.append(_publish_step(spec, inputs, publish_deps))
+    return steps
+
+
+def plan_release(spec: ReleaseSpec, *, force: tuple[str, ...] = ()) -> list[PlannedStep]:
+    """What `kollm release` would do now, step by step, without writing anything (``--dry-run``)."""
+    steps = build_steps(spec)
+    return plan(steps, read_state(spec.out_dir.resolve()), spec.out_dir.resolve(), force=force)
+
+
+class _Display:
+    """The plan and one progress bar per running step, on stderr; silent when disabled (tests, --json)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.console = Console(stderr=True)
+        self.enabled = enabled
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description:<26}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            disable=not enabled,
+        )
+        self.tasks: dict[str, TaskID] = {}
+
+    def show_plan(self, planned: list[PlannedStep]) -> None:
+        if not self.enabled:
+            return
+        self.console.print("[bold]plan[/bold]")
+        for item in planned:
+            mark = "[green]skip[/green]" if item.action == "skip" else "[yellow]run [/yellow]"
+            self.console.print(f"  {mark} {item.step.name:<22} {item.reason}", highlight=False)
+
+    def hooks(self) -> RunHooks:
+        def started(step: Step) -> None:
+            self.tasks[step.name] = self.progress.add_task(step.title or step.name, total=None)
+
+        def progress(step: Step, done: int, total: int) -> None:
+            self.progress.update(self.tasks[step.name], completed=done, total=total)
+
+        def finished(step: Step, state: StepState, ran: bool) -> None:
+            if ran:
+                self.progress.update(self.tasks[step.name], completed=1, total=1)
+
+        return RunHooks(started, progress, finished)
+
+
+@contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    # flock on the directory itself: it dies with the process, so a SIGKILLed release never leaves a stale
+    # lock, and no lock file clutters the output.
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            raise ReleaseLockedError(out) from e
+        yield
+    finally:
+        os.close(fd)
+
+
+def _clean_temps(out: Path) -> None:
+    for directory in [out, *(p for p in out.rglob("*") if p.is_dir() and ".tmp-" not in p.name)]:
+        if directory.exists():
+            remove_stale_temps(directory)
+
+
+def _rows(out: Path) -> list[SummaryRow]:
+    manifest = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
+    rows = []
+    for artifact in manifest["artifacts"]:
+        record = ArtifactRecord.model_validate(artifact)
+        label = "merged (safetensors)" if record.kind == "safetensors" else record.name.replace("gguf-", "gguf ")
+        rows.append(SummaryRow(label, record.path, record.size, record.seconds, record.details.get("verdict", "ok")))
+    return rows
+
+
+def run_release(
+    spec: ReleaseSpec,
+    *,
+    spec_path: Path | None = None,
+    show_progress: bool = True,
+    force: tuple[str, ...] = (),
+    max_workers: int | None = None,
+) -> ReleaseResult:
+    """Run the release described by ``spec``: every step that is not already done and verified.
+
+    Args:
+        spec: the validated release spec.
+        spec_path: the YAML it came from (recorded in the manifest).
+        show_progress: print the plan and draw progress bars on stderr.
+        force: step names to re-run even if done.
+        max_workers: most steps at once (default: CPU cores, bounded by memory).
+
+    Returns:
+        The summary rows, the manifest path, the published repos, the plan and the steps that ran.
+
+    Raises:
+        KollmError subclasses for every user-fixable problem; nothing is published unless all checks pass.
+    """
+    started = time.perf_counter()
+    out = spec.out_dir.resolve()
+    steps = build_steps(spec, spec_path=spec_path)
+    out.mkdir(parents=True, exist_ok=True)
+    display = _Display(show_progress)
+    ran: list[str] = []
+    with _locked(out):
+        _clean_temps(out)
+        hashes: dict = {}  # outputs hashed for the plan are not hashed again by the run
+        planned = plan(steps, read_state(out), out, force=force, hashes=hashes)
+        display.show_plan(planned)
+        hooks = display.hooks()
+        record_run = hooks.finished
+
+        def finished(step: Step, state: StepState, did_run: bool) -> None:
+            record_run(step, state, did_run)
+            if did_run:
+                ran.append(step.name)
+
+        hooks.finished = finished
+        try:
+            with display.progress:
+                state = execute(
+                    steps, out=out, work=out / ".work", force=force, max_workers=max_workers, hooks=hooks, hashes=hashes
+                )
+        finally:
+            gates = _gate_rows(out)
+            if gates and show_progress:
+                display.console.print(_gate_table(gates))
+    published = list(state.steps["publish"].record["repos"]) if "publish" in state.steps else []
+    return ReleaseResult(
+        out_dir=out,
+        manifest_path=out / MANIFEST_NAME,
+        rows=_rows(out),
+        published=published,
+        seconds=time.perf_counter() - started,
+        plan=planned,
+        ran=ran,
+        gates=gates,
+    )
+
+
+def _gate_rows(out: Path) -> list[dict[str, Any]]:
+    record = read_state(out).steps.get("gates")
+    return list(record.record["gates"]) if record is not None else []
+
+
+def _gate_table(rows: list[dict[str, Any]]) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"release gates ({gate_result.seconds:.1f} s of evaluation)")
+    table = Table(title="release gates")
     for column in ("gate", "score ± stderr", "threshold", "result"):
         table.add_column(column)
-    for row in eval_report.gate_rows(gate_result.outcomes):
+    for row in rows:
         spread = f" ± {row['stderr']:.2f}" if row["stderr"] is not None else ""
         verdict = "[green]pass[/green]" if row["passed"] else "[bold red]FAIL[/bold red]"
         table.add_row(row["gate"], f"{row['score']:.2f}{spread}", f"{row['op']} {row['threshold']:.2f}", verdict)
     return table
-
-
-@contextmanager
-def _null() -> Iterator[None]:
-    yield None

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,3 +166,27 @@ def check_gguf(path: Path, ref: Reference, *, atol: float | None) -> GgufCheck:
                 f"top-1 agreement {result.top1_agreement:.0%}",
             )
     return result
+
+
+def save_reference(ref: Reference, path: Path) -> None:
+    """Store a reference as a NumPy archive (no pickle) so verification steps can run in later processes."""
+    meta = {
+        "prompts": ref.prompts,
+        "prompt_ids": ref.prompt_ids,
+        "parity_ids": ref.parity_ids,
+        "chat_ids": ref.chat_ids,
+        "chat_template": ref.chat_template,
+        "eos_id": ref.eos_id,
+        "bos_id": ref.bos_id,
+        "add_bos": ref.add_bos,
+    }
+    with path.open("wb") as fh:
+        np.savez(fh, meta=np.array(json.dumps(meta, ensure_ascii=False)), logits=np.stack(ref.logits))
+
+
+def load_reference(path: Path) -> Reference:
+    """Read a reference written by ``save_reference``."""
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        logits = [row.astype(np.float32) for row in data["logits"]]
+    return Reference(logits=logits, **meta)
