@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: anything else that asks for torch must find it already satisfied (no CUDA wheels on CPU hosts)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[release,dev]"
+	$(PY) -m pip install -q -e ".[release,quant,dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -57,6 +57,7 @@ class FixtureSpec:
     initializer_range: float = 0.1  # wide enough that logits spread (std ~1.6) and comparisons mean something
     dtype: str = "bfloat16"
     seed: int = 1234
+    pretrain_steps: int = 0  # > 0: train the base on the bundled Korean corpus (kollm.testing.pretrain)
     adapters: tuple[AdapterSpec, ...] = field(
         default_factory=lambda: (
             AdapterSpec("cpt", seed=11, r=8, alpha=16),
@@ -206,6 +207,10 @@ def _build_model(spec: FixtureSpec, out: Path) -> None:
                 param.add_(torch.randn_like(param) * 0.05)
             elif name.endswith(".bias"):
                 param.normal_(0.0, 0.02)
+    if spec.pretrain_steps:
+        from kollm.testing.pretrain import pretrain
+
+        pretrain(model, tokenizer, steps=spec.pretrain_steps, seed=spec.seed)
     model = model.to(getattr(torch, spec.dtype))
     model.config.dtype = spec.dtype
     model.save_pretrained(out)
