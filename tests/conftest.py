@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kollm.testing.fixture import Fixture, FixtureSpec, build_fixture
+from kollm.testing.fixture import Fixture, FixtureSpec, build_fixture, pretrained_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,6 +25,12 @@ def llama_tiny() -> Fixture:
     return build_fixture(
         FixtureSpec(name="llama-tiny", family="llama-bpe", tie_word_embeddings=False, intermediate_size=768)
     )
+
+
+@pytest.fixture(scope="session")
+def ko_tiny_pretrained() -> Fixture:
+    """Quantization quality: ko-tiny's shapes trained on the bundled Korean corpus (cached; ~2 min to build)."""
+    return build_fixture(pretrained_spec())
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ from kollm.manifest import (
     write_json_atomic,
 )
 from kollm.publish import local
-from kollm.release import gguf, merge, verify_gguf
+from kollm.release import gguf, merge, quality, quantized, verify_gguf
 from kollm.release.inputs import ResolvedInput, resolve
 
 _TOOLS = (
@@ -47,6 +47,9 @@ _TOOLS = (
     "llama-cpp-python",
     "gguf",
     "huggingface_hub",
+    "llmcompressor",
+    "compressed-tensors",
+    "bitsandbytes",
 )
 
 
@@ -215,6 +218,21 @@ def run_release(spec: ReleaseSpec, *, spec_path: Path | None = None, show_progre
                     rows.append(SummaryRow(f"gguf {item.gguf_type}", record.path, record.size, item.seconds, verdict))
                     update(i, len(gguf_result.files))
 
+        if spec.exports.gptq or spec.exports.bnb_4bit:
+            steps = int(spec.exports.gptq) + int(spec.exports.bnb_4bit)
+            with display.step("gptq / bnb-4bit + verify", total=steps) as update:
+                quant = quantized.run_exports(spec, merged_dir=merged_dir, out=out, progress=update)
+            artifacts.extend(quant.records)
+            rows.extend(SummaryRow(q.artifact, q.path, q.size, q.seconds, q.check) for q in quant.lines)
+        quality_report = None
+        if spec.exports.quality_report:
+            merged_size = sum(p.stat().st_size for p in merged_dir.glob("*.safetensors"))
+            reference = quality.QualityInput("merged", "hf", merged_dir, merged_size, merged.seconds)
+            with display.step("quality report", total=None) as update:
+                quality_report = quantized.run_report(merged=reference, records=artifacts, out=out, progress=update)
+            if display.progress is not None:
+                display.console.print(quality.format_table(quality_report))
+
     manifest: dict[str, Any] = {
         "kollm_manifest": 1,
         "release": spec.name,
@@ -235,6 +253,13 @@ def run_release(spec: ReleaseSpec, *, spec_path: Path | None = None, show_progre
         }
         if gguf_result
         else None,
+        "quality": {
+            "json": quality_report.json_path.name,
+            "png": quality_report.png_path.name,
+            "rows": [vars(r) for r in quality_report.rows],
+        }
+        if quality_report
+        else None,
         "tools": tool_versions(*_TOOLS),
         "artifacts": [a.model_dump() for a in artifacts],
     }
@@ -248,6 +273,12 @@ def run_release(spec: ReleaseSpec, *, spec_path: Path | None = None, show_progre
             repos.append(local.RepoFiles(spec.name, {p.name: p for p in merged_dir.iterdir() if p.is_file()}))
         if gguf_result:
             repos.append(local.RepoFiles(f"{spec.name}-GGUF", {f.path.name: f.path for f in gguf_result.files}))
+        for record in (a for a in artifacts if a.kind in ("gptq", "bnb-4bit")):
+            directory = out / record.path
+            suffix = "GPTQ-W4A16" if record.kind == "gptq" else "bnb-4bit"
+            repos.append(
+                local.RepoFiles(f"{spec.name}-{suffix}", {p.name: p for p in directory.iterdir() if p.is_file()})
+            )
         done = local.publish(local.parse_target(spec.publish), repos, manifest)
         published = [str(r.path) for r in done]
     return ReleaseResult(out, manifest_path, rows, published, time.perf_counter() - started)

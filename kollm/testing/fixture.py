@@ -66,6 +66,20 @@ class FixtureSpec:
     )
 
 
+def pretrained_spec() -> FixtureSpec:
+    """``ko-tiny-pretrained``: ko-tiny's shapes trained on the bundled Korean corpus, without adapters.
+
+    Quantization error is only meaningful on a model that has learned something; this is the model the
+    quality report's figures are measured on.
+    """
+    return FixtureSpec(name="ko-tiny-pretrained", initializer_range=0.02, pretrain_steps=120, adapters=())
+
+
+def named_specs() -> dict[str, FixtureSpec]:
+    """The fixtures a spec can name as ``fixture:<name>``."""
+    return {spec.name: spec for spec in (FixtureSpec(), pretrained_spec())}
+
+
 @dataclass(frozen=True)
 class Fixture:
     """Paths of a built fixture."""

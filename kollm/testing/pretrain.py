@@ -16,6 +16,7 @@ from kollm.release.calibration import training_korean_lines
 
 log = logging.getLogger(__name__)
 
+
 def pretrain(model: Any, tokenizer: Any, *, steps: int, seed: int, seq_len: int = 128, batch_size: int = 8) -> float:
     """Train a float32 causal LM in place on the training lines (packed sequences).
 
