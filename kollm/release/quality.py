@@ -104,7 +104,9 @@ def _gguf_logits(path: Path, ids: list[list[int]], n_ctx: int) -> list[np.ndarra
     import llama_cpp
 
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
-    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=2, verbose=False, logits_all=True)
+    # One thread: llama.cpp's workers spin-wait, which on a busy 2-core machine stalls scoring for minutes,
+    # and a model small enough to score thousands of tokens gains nothing from a second thread.
+    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=1, n_threads_batch=1, verbose=False, logits_all=True)
     try:
         out = []
         for row in ids:
@@ -158,7 +160,7 @@ def run(
     reference: QualityInput,
     artifacts: list[QualityInput],
     out_dir: Path,
-    max_texts: int = 120,
+    max_texts: int = 64,
     n_ctx: int = 512,
     title: str = "Held-out Korean perplexity vs size",
     on_artifact: Callable[[int, int], None] | None = None,
