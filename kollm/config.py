@@ -45,6 +45,23 @@ class ExportsSpec(BaseModel):
         description=f"GGUF file types for llama.cpp/Ollama, any of: {', '.join(GGUF_TYPES)}.",
     )
 
+    gptq: bool = Field(
+        False,
+        description="GPTQ W4A16 (group size 128) via llm-compressor, in the compressed-tensors format vLLM loads.",
+    )
+    gptq_calibration: Path | None = Field(
+        None,
+        description="GPTQ calibration text: a .txt (one text per line) or .jsonl (text / messages / prompt+completion, "
+        "e.g. the release's SFT data). Default: kollm's bundled Korean sample.",
+    )
+    gptq_samples: int = Field(128, gt=0, description="GPTQ calibration samples.")
+    bnb_4bit: bool = Field(False, description="bitsandbytes NF4 with double quantization, reloadable by transformers.")
+    quality_report: bool = Field(
+        False,
+        description="Measure every export: held-out Korean perplexity, top-1 agreement with the merge, size, time "
+        "(quality.json + quality.png).",
+    )
+
     @field_validator("gguf")
     @classmethod
     def _known_gguf_types(cls, value: list[str]) -> list[str]:

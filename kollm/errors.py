@@ -432,3 +432,33 @@ class GateFailedError(KollmError):
             hint="A release publishes nothing when a gate fails. See the gate table and eval/results.json next to "
             "the artifacts; fix the model or the gate, then re-run the command.",
         )
+
+
+# --- quantized exports (gptq, bnb-4bit) and their quality report -----------------------------------------
+
+
+class CalibrationDataError(KollmError):
+    """A calibration file for GPTQ (or an imatrix) cannot be used."""
+
+    exit_code = 2
+
+    def __init__(self, path: Path | str, detail: str) -> None:
+        self.path = str(path)
+        self.detail = detail
+        super().__init__(
+            f"Calibration data {self.path} cannot be used: {detail}.",
+            hint="Give a .txt file (one Korean text per line) or a .jsonl file with 'text', 'messages' or "
+            "'prompt' + 'completion' per line in `exports.gptq.calibration`, or leave it empty for kollm's "
+            "bundled Korean sample.",
+        )
+
+
+class QuantizationError(KollmError):
+    """A quantization library (llm-compressor, bitsandbytes) failed on this model."""
+
+    exit_code = 5
+
+    def __init__(self, fmt: str, detail: str, *, hint: str | None = None) -> None:
+        self.fmt = fmt
+        self.detail = detail
+        super().__init__(f"{fmt} quantization failed: {detail}.", hint=hint)

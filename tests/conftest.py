@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kollm.testing.fixture import Fixture, FixtureSpec, build_fixture
+from kollm.testing.fixture import Fixture, FixtureSpec, build_fixture, pretrained_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,6 +33,12 @@ def lora_factory(tmp_path_factory):
     from kollm.testing.lora_cases import LoraFactory
 
     return LoraFactory(tmp_path_factory.mktemp("lora-cases"))
+
+
+@pytest.fixture(scope="session")
+def ko_tiny_pretrained() -> Fixture:
+    """Quantization quality: ko-tiny's shapes trained on the bundled Korean corpus (cached; ~2 min to build)."""
+    return build_fixture(pretrained_spec())
 
 
 @pytest.fixture(scope="session")

@@ -83,6 +83,10 @@ class RepoPlan:
         return dict(sorted(merged.items()))
 
 
+# Artifact kind -> repo name suffix in the per-format layout (name, name-GGUF, name-GPTQ-W4A16, name-bnb-4bit).
+_QUANTIZED_REPOS = {"gguf": "GGUF", "gptq": "GPTQ-W4A16", "bnb-4bit": "bnb-4bit"}
+
+
 def parse_target(target: str, name: str) -> Target:
     """Split a publish target string into scheme, repo base and root directory."""
     if target.startswith("hf://"):
@@ -114,7 +118,7 @@ def build_plans(
     target = parse_target(cfg.target, cfg.name)
     groups: dict[str, list[dict[str, Any]]] = {}
     for artifact in manifest.get("artifacts", []):
-        kind = "gguf" if artifact["kind"] == "gguf" else "safetensors"
+        kind = artifact["kind"] if artifact["kind"] in _QUANTIZED_REPOS else "safetensors"
         groups.setdefault(kind, []).append(artifact)
     if not groups:
         raise PublishError(cfg.target, "the release manifest lists no artifacts", hint="Run `kollm release` first.")
@@ -123,7 +127,11 @@ def build_plans(
         layout = [(target.repo_base, "single", [a for g in groups.values() for a in g])]
     else:
         layout = [(target.repo_base, "safetensors", groups.get("safetensors", []))]
-        layout.append((f"{target.repo_base}-GGUF", "gguf", groups.get("gguf", [])))
+        for group, suffix in _QUANTIZED_REPOS.items():
+            # GPTQ and bnb checkpoints are HF directories of their own: one repo each, carded like safetensors.
+            layout.append(
+                (f"{target.repo_base}-{suffix}", "gguf" if group == "gguf" else "safetensors", groups.get(group, []))
+            )
     safetensors_repo = target.repo_base if "safetensors" in groups else None
     base_id = _hub_base(manifest)
     plans = []
@@ -141,7 +149,7 @@ def build_plans(
                 records.append(FileRecord(path=name, size=rec["size"], sha256=rec["sha256"]))
         plan = RepoPlan(repo_id, kind, dict(sorted(files.items())), sorted(records, key=lambda r: r.path))  # type: ignore[arg-type]
         gguf_files = [n for n in plan.files if n.endswith(".gguf")]
-        quantized_from = safetensors_repo if kind == "gguf" and safetensors_repo else None
+        quantized_from = safetensors_repo if repo_id != target.repo_base and safetensors_repo else None
         card = CardInputs(
             repo_id=repo_id,
             model_name=repo_id.split("/")[-1],

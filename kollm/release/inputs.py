@@ -24,12 +24,14 @@ class ResolvedInput:
 
 
 def _fixture(ref: str) -> ResolvedInput:
-    from kollm.testing.fixture import FixtureSpec, build_fixture
+    from kollm.testing.fixture import build_fixture, named_specs
 
     name, _, adapter = ref.removeprefix(FIXTURE_PREFIX).partition("/")
-    spec = FixtureSpec()
-    if name != spec.name:
-        raise InputNotFoundError("fixture", ref, hint=f"The built-in fixture is 'fixture:{spec.name}'.")
+    specs = named_specs()
+    if name not in specs:
+        known = ", ".join(f"fixture:{n}" for n in specs)
+        raise InputNotFoundError("fixture", ref, hint=f"The built-in fixtures are {known}.")
+    spec = specs[name]
     fixture = build_fixture(spec)
     if not adapter:
         return ResolvedInput(fixture.base, ref, "fixture")

@@ -40,7 +40,20 @@ from kollm.release.steps import (
 )
 
 REPORT_NAME = "report.html"
-_TOOLS = ("torch", "transformers", "peft", "tokenizers", "safetensors", "llama-cpp-python", "gguf", "huggingface_hub")
+_TOOLS = (
+    "torch",
+    "transformers",
+    "peft",
+    "tokenizers",
+    "safetensors",
+    "llama-cpp-python",
+    "gguf",
+    "huggingface_hub",
+    "lm-eval",
+    "llmcompressor",
+    "compressed-tensors",
+    "bitsandbytes",
+)
 # GGUF size relative to a 16-bit checkpoint, for disk and memory estimates.
 _GGUF_RATIO = {"f32": 2.0, "f16": 1.0, "bf16": 1.0, "q8_0": 0.53, "q6_k": 0.41, "q5_k_m": 0.36, "q5_k_s": 0.35}
 _MiB = 1024**2
@@ -259,6 +272,75 @@ def _verify_step(spec: ReleaseSpec, inputs: _Inputs, gguf_type: str) -> Step:
     )
 
 
+def _hf_export_step(spec: ReleaseSpec, inputs: _Inputs, out: Path, kind: str) -> Step:
+    """GPTQ W4A16 (llm-compressor) or bnb NF4, each verified by reloading it; one directory per export."""
+    directory = _inside(out, "gptq-w4a16" if kind == "gptq" else "bnb-nf4", f"{kind} export directory")
+
+    def run(ctx: StepContext) -> StepOutput:
+        merged = ctx.out / ctx.record("merge")["dir"]
+        ctx.progress(0, 1)
+        if kind == "gptq":
+            from kollm.release import gptq
+
+            cfg = gptq.GptqConfig(calibration=spec.exports.gptq_calibration, num_samples=spec.exports.gptq_samples)
+            done = gptq.run(cfg, model_dir=merged, out_dir=directory)
+            checks = gptq.verify(done.out_dir, spec.verify.prompts)
+            details = {
+                "format": "compressed-tensors pack-quantized",
+                "scheme": gptq.SCHEME,
+                "group_size": gptq.GROUP_SIZE,
+                "calibration": done.calibration,
+                "calibration_samples": done.samples,
+                "serve": "vLLM detects the format from config.json; do not pass --quantization",
+                "verdict": "ok, reloads + generates",
+            }
+        else:
+            from kollm.release import bnb
+
+            result = bnb.run(bnb.BnbConfig(), model_dir=merged, out_dir=directory, probe_texts=spec.verify.prompts)
+            checks = result.checks
+            details = {"quantization_config": result.quantization_config, "verdict": "ok, reload logits identical"}
+        ctx.progress(1, 1)
+        files = sorted(p for p in directory.rglob("*") if p.is_file())
+        return StepOutput(files=files, record={"dir": directory.name, "checks": checks, "details": details})
+
+    config = {"kind": kind, "prompts": spec.verify.prompts}
+    if kind == "gptq":
+        config |= {"calibration": str(spec.exports.gptq_calibration), "samples": spec.exports.gptq_samples}
+    return Step(
+        kind,
+        run,
+        inputs=("merge",),
+        config=config,
+        memory_bytes=3 * inputs.weights_bytes + 1024 * _MiB,
+        disk_bytes=inputs.weights_bytes,
+    )
+
+
+def _quality_step(spec: ReleaseSpec, inputs: _Inputs, out: Path, deps: list[str]) -> Step:
+    """Perplexity on held-out Korean text and top-1 agreement with the merge, for every export."""
+
+    def run(ctx: StepContext) -> StepOutput:
+        from kollm.release import quality, quantized
+
+        merged_dir = ctx.out / ctx.record("merge")["dir"]
+        size = sum(p.stat().st_size for p in merged_dir.glob("*.safetensors"))
+        reference = quality.QualityInput("merged", "hf", merged_dir, size, ctx.states["merge"].seconds)
+        report = quantized.run_report(
+            merged=reference, records=_artifacts(spec, ctx), out=ctx.out, progress=ctx.progress
+        )
+        record = {"json": report.json_path.name, "png": report.png_path.name, "rows": [vars(r) for r in report.rows]}
+        return StepOutput(files=[report.json_path, report.png_path], record=record)
+
+    return Step(
+        "quality",
+        run,
+        inputs=tuple(deps),
+        memory_bytes=3 * inputs.weights_bytes + 1024 * _MiB,
+        disk_bytes=4 * _MiB,
+    )
+
+
 def _gate_config(spec: ReleaseSpec) -> Any:
     from kollm.evals import release_gates
 
@@ -354,6 +436,20 @@ def _artifacts(spec: ReleaseSpec, ctx: StepContext) -> list[ArtifactRecord]:
                 | {"verdict": verify["verdict"]},
             )
         )
+    for kind, wanted in (("gptq", spec.exports.gptq), ("bnb-4bit", spec.exports.bnb_4bit)):
+        if wanted:
+            state = ctx.states[kind]
+            found.append(
+                ArtifactRecord(
+                    name="gptq-w4a16" if kind == "gptq" else "bnb-nf4",
+                    kind=kind,
+                    path=state.record["dir"],
+                    files=state.files,
+                    seconds=state.seconds,
+                    checks=state.record["checks"],
+                    details=state.record["details"],
+                )
+            )
     return found
 
 
@@ -389,6 +485,9 @@ def _manifest_step(spec: ReleaseSpec, inputs: _Inputs, out: Path, spec_path: Pat
             # The publisher re-checks these and turns them into the cards' model-index (kollm.publish.card).
             "scores": [],
         }
+        if "quality" in deps:
+            quality_record = ctx.record("quality")
+            manifest["quality"] = {k: quality_record[k] for k in ("json", "png", "rows")}
         if "gates" in deps:
             gates = ctx.record("gates")
             manifest["evals"] = {"results": gates["results"], "gates": gates["gates"]}
@@ -465,8 +564,17 @@ def build_steps(spec: ReleaseSpec, *, spec_path: Path | None = None, inputs: _In
         steps.append(_reference_step(spec, inputs, out))
         steps += _gguf_steps(spec, inputs, out)
         steps += [_verify_step(spec, inputs, t) for t in spec.exports.gguf]
-    artifact_steps = ["merge"] + [s.name for s in steps if s.name.startswith(("gguf-", "verify-gguf-"))]
+    if spec.exports.gptq:
+        steps.append(_hf_export_step(spec, inputs, out, "gptq"))
+    if spec.exports.bnb_4bit:
+        steps.append(_hf_export_step(spec, inputs, out, "bnb-4bit"))
+    artifact_steps = ["merge"] + [
+        s.name for s in steps if s.name.startswith(("gguf-", "verify-gguf-")) or s.name in ("gptq", "bnb-4bit")
+    ]
     manifest_deps = list(artifact_steps)
+    if spec.exports.quality_report:
+        steps.append(_quality_step(spec, inputs, out, artifact_steps))
+        manifest_deps.append("quality")
     if spec.gates:
         steps.append(_gates_step(spec, inputs, out))
         manifest_deps.append("gates")

@@ -57,12 +57,27 @@ class FixtureSpec:
     initializer_range: float = 0.1  # wide enough that logits spread (std ~1.6) and comparisons mean something
     dtype: str = "bfloat16"
     seed: int = 1234
+    pretrain_steps: int = 0  # > 0: train the base on the bundled Korean corpus (kollm.testing.pretrain)
     adapters: tuple[AdapterSpec, ...] = field(
         default_factory=lambda: (
             AdapterSpec("cpt", seed=11, r=8, alpha=16),
             AdapterSpec("sft", seed=22, r=16, alpha=16, targets=("q_proj", "v_proj", "o_proj", "down_proj")),
         )
     )
+
+
+def pretrained_spec() -> FixtureSpec:
+    """``ko-tiny-pretrained``: ko-tiny's shapes trained on the bundled Korean corpus, without adapters.
+
+    Quantization error is only meaningful on a model that has learned something; this is the model the
+    quality report's figures are measured on.
+    """
+    return FixtureSpec(name="ko-tiny-pretrained", initializer_range=0.02, pretrain_steps=120, adapters=())
+
+
+def named_specs() -> dict[str, FixtureSpec]:
+    """The fixtures a spec can name as ``fixture:<name>``."""
+    return {spec.name: spec for spec in (FixtureSpec(), pretrained_spec())}
 
 
 @dataclass(frozen=True)
@@ -206,6 +221,10 @@ def _build_model(spec: FixtureSpec, out: Path) -> None:
                 param.add_(torch.randn_like(param) * 0.05)
             elif name.endswith(".bias"):
                 param.normal_(0.0, 0.02)
+    if spec.pretrain_steps:
+        from kollm.testing.pretrain import pretrain
+
+        pretrain(model, tokenizer, steps=spec.pretrain_steps, seed=spec.seed)
     model = model.to(getattr(torch, spec.dtype))
     model.config.dtype = spec.dtype
     model.save_pretrained(out)
