@@ -108,6 +108,8 @@ def llamacpp_command(artifact: Path, cfg: ServeConfig, *, port: int, name: str) 
     """llama-cpp-python's OpenAI server command line for a GGUF file."""
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(artifact), "--model_alias", name]
     cmd += ["--host", cfg.host, "--port", str(port), "--n_ctx", str(cfg.n_ctx)]
+    # By default a new request aborts the stream in progress: concurrent clients would get cut-off answers.
+    cmd += ["--interrupt_requests", "false"]
     if cfg.api_key:
         cmd += ["--api_key", cfg.api_key]
     return cmd
