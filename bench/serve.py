@@ -21,7 +21,7 @@ from pathlib import Path
 from kollm.manifest import tool_versions
 from kollm.release import gguf, merge
 from kollm.serve.environment import require_vllm
-from kollm.serve.launch import ServeConfig, llamacpp_command, serve, vllm_command
+from kollm.serve.launch import ServeConfig, key_env, llamacpp_command, serve, vllm_command
 from kollm.serve.process import ServerHandle, free_port, start, stop
 from kollm.testing.fixture import build_fixture
 
@@ -46,10 +46,10 @@ def launch(backend: str, artifact: Path, how: str, work: Path) -> tuple[ServerHa
     if how == "kollm":
         handle = serve(artifact, cfg, log_dir=work / f"{backend}-kollm")
         return handle, time.perf_counter() - began
-    env = {}
+    env = key_env(backend, KEY)
     if backend == "vllm":
         cmd = vllm_command(require_vllm(), artifact, cfg, port=port, name="ko-tiny")
-        env = {"VLLM_CACHE_ROOT": str(work / "vllm-cache"), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+        env |= {"VLLM_CACHE_ROOT": str(work / "vllm-cache"), "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
         health = f"http://127.0.0.1:{port}/health"
     else:
         cmd = llamacpp_command(artifact, cfg, port=port, name="ko-tiny")
