@@ -145,12 +145,17 @@ class ArtifactRecord(BaseModel):
         return sum(f.size for f in self.files)
 
 
-def record_files(root: Path, paths: list[Path]) -> list[FileRecord]:
-    """Describe ``paths`` (files under ``root``) with size and sha256."""
-    return [
-        FileRecord(path=p.relative_to(root).as_posix(), size=p.stat().st_size, sha256=sha256_file(p))
-        for p in sorted(paths)
-    ]
+def record_files(root: Path, paths: list[Path], known: dict[str, str] | None = None) -> list[FileRecord]:
+    """Describe ``paths`` (files under ``root``) with size and sha256.
+
+    ``known`` maps relative paths to digests already computed while writing them; the rest are read and hashed.
+    """
+    known = known or {}
+    records = []
+    for p in sorted(paths):
+        rel = p.relative_to(root).as_posix()
+        records.append(FileRecord(path=rel, size=p.stat().st_size, sha256=known.get(rel) or sha256_file(p)))
+    return records
 
 
 def verify_files(root: Path, files: list[FileRecord]) -> list[str]:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kollm.manifest import FileRecord, atomic_path, record_files, sha256_file
 from kollm.release.adapters import Adapter, load_adapter
-from kollm.release.merge_math import LoraFactors, decode, encode, read_matrix
+from kollm.release.merge_math import LoraFactors, Workspace, decode, encode, read_matrix
 from kollm.release.merge_plan import Task, check_base, plan
 from kollm.release.safetensors_io import (
     ShardWriter,
@@ -85,7 +85,7 @@ class _HashingReader:
     def __init__(self, path: Path, sink: WriteBehind) -> None:
         self.fh = path.open("rb", buffering=0)
         self.digest = hashlib.sha256()
-        self.sink = sink  # hashing runs on the write-behind thread, in read order
+        self.sink = sink  # hashing runs on its own thread, in read order
         self.pos = 0
 
     def read_at(self, start: int, size: int) -> bytearray:
@@ -116,7 +116,12 @@ class _HashingReader:
 
 
 def _write_tensor(
-    task: Task, writer: ShardWriter, readers: dict[Path, _HashingReader], cfg: MergeConfig, sink: WriteBehind
+    task: Task,
+    writer: ShardWriter,
+    readers: dict[Path, _HashingReader],
+    cfg: MergeConfig,
+    sink: WriteBehind,
+    work: Workspace,
 ) -> None:
     src = task.source
     reader = readers.get(src.file)
@@ -127,9 +132,9 @@ def _write_tensor(
     factors = [LoraFactors(read_matrix(p.a), read_matrix(p.b), p.scale, p.transposed) for p in task.loras]
     for start, count in iter_row_blocks(src, cfg.block_bytes):
         raw = _read(reader, src, start, count)
-        block = decode(raw, src.dtype, (count, *src.shape[1:]))
+        block = decode(raw, src.dtype, (count, *src.shape[1:]), work)
         for factor in factors:
-            factor.add_to(block, start)
+            factor.add_to(block, start, work)
         sink.submit(writer.write, encode(block, task.out.dtype))
 
 
@@ -205,7 +210,7 @@ def run(
         base_tensors = index_checkpoint(tensor_dir)
         tasks, changes = plan(base_tensors, loaded, config)
         base_files = sorted({info.file for info in base_tensors.values()})
-        base_hashes = _write_checkpoint(tasks, base_files, cfg, out_dir, progress, base, loaded, changes)
+        base_hashes, shard_hashes = _write_checkpoint(tasks, base_files, cfg, out_dir, progress, base, loaded, changes)
     if tensor_dir != base:  # provenance names the files the user gave, not the converted copies
         base_hashes = {p.name: sha256_file(p) for p in sorted(base.iterdir()) if p.suffix in _WEIGHT_SUFFIXES}
     provenance = [
@@ -220,7 +225,7 @@ def run(
     ]
     return MergeResult(
         out_dir=out_dir,
-        files=record_files(out_dir, [p for p in out_dir.iterdir() if p.is_file()]),
+        files=record_files(out_dir, [p for p in out_dir.iterdir() if p.is_file()], known=shard_hashes),
         seconds=time.perf_counter() - started,
         base_files=base_hashes,
         adapters=provenance,
@@ -239,8 +244,12 @@ def _write_checkpoint(
     base: Path,
     adapters: list[Adapter],
     changes: dict,
-) -> dict[str, str]:
-    """Stream every planned tensor into shards under a temp dir, add side files; return base file hashes."""
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Stream every planned tensor into shards under a temp dir, add side files.
+
+    Returns:
+        sha256 of each base weight file (hashed while read) and of each output shard (hashed while written).
+    """
     shards = plan_shards([t.out for t in tasks], cfg.max_shard_bytes)
     names = shard_names(len(shards))
     by_name = {t.out.name: t for t in tasks}
@@ -255,21 +264,29 @@ def _write_checkpoint(
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        sink = WriteBehind()
+        sink = WriteBehind()  # writes and hashes the output
+        hasher = WriteBehind()  # hashes the base as read: a third thread, so neither queue waits on the other
+        work = Workspace()
         try:
-            readers = {path: _HashingReader(path, sink) for path in base_files}
+            readers = {path: _HashingReader(path, hasher) for path in base_files}
             weight_map = {}
+            writers = []
             for shard, name in zip(shards, names, strict=True):
                 writer = ShardWriter(tmp / name, shard, on_write=count)
+                writers.append(writer)
                 for planned in shard:
-                    _write_tensor(by_name[planned.name], writer, readers, cfg, sink)
+                    _write_tensor(by_name[planned.name], writer, readers, cfg, sink, work)
                     weight_map[planned.name] = name
                 sink.submit(lambda w: w.close(), writer)
             for reader in readers.values():
                 reader.finish()
-        finally:
-            sink.drain()  # also on errors: no thread may still write into the directory being removed
+        finally:  # also on errors: no thread may still write into the directory being removed
+            try:
+                sink.drain()
+            finally:
+                hasher.drain()
         base_hashes = {path.name: reader.digest.hexdigest() for path, reader in readers.items()}
+        shard_hashes = {name: writer.sha256 for name, writer in zip(names, writers, strict=True)}
         if len(names) > 1:
             index = {"metadata": {"total_size": sum(t.out.nbytes for t in tasks)}, "weight_map": weight_map}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
@@ -277,4 +294,4 @@ def _write_checkpoint(
         merged_config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
         merged_config.update(changes)
         (tmp / "config.json").write_text(json.dumps(merged_config, indent=2), encoding="utf-8")
-    return base_hashes
+    return base_hashes, shard_hashes

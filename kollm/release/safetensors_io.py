@@ -7,6 +7,7 @@ header first and then streams each tensor's bytes in order, so a multi-GB shard 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from collections.abc import Callable, Iterator
@@ -135,12 +136,16 @@ class ShardWriter:
         self._written = 0
         self._on_write = on_write
         self._fh = path.open("wb")
-        self._fh.write(struct.pack("<Q", len(encoded)))
-        self._fh.write(encoded)
+        # Hashed as written, so the file's sha256 costs no second read of a multi-GB shard.
+        self._digest = hashlib.sha256()
+        for part in (struct.pack("<Q", len(encoded)), encoded):
+            self._fh.write(part)
+            self._digest.update(part)
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         """Append the next bytes of the data section (in planned tensor order)."""
         self._fh.write(chunk)
+        self._digest.update(chunk)
         self._written += len(chunk)
         if self._on_write:
             self._on_write(chunk)
@@ -150,6 +155,11 @@ class ShardWriter:
         self._fh.close()
         if self._written != self._expected:
             raise RuntimeError(f"shard writer got {self._written} bytes, planned {self._expected}")
+
+    @property
+    def sha256(self) -> str:
+        """Hex digest of every byte written (valid after ``close``)."""
+        return self._digest.hexdigest()
 
 
 def iter_row_blocks(info: TensorInfo, max_block_bytes: int) -> Iterator[tuple[int, int]]:

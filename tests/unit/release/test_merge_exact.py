@@ -147,6 +147,8 @@ def test_sharded_output_has_a_complete_index_and_loads(lora_factory, tmp_path):
     base_shards = sorted(p for p in base.glob("*.safetensors"))
     assert len(base_shards) > 1
     assert result.base_files == {p.name: sha256_file(p) for p in base_shards}
+    # shard digests are taken while writing: they must be the digests of the files on disk
+    assert {f.path: f.sha256 for f in result.files} == {p.name: sha256_file(p) for p in out.iterdir()}
 
 
 def _logits(model, ids: torch.Tensor) -> torch.Tensor:
