@@ -99,3 +99,13 @@ def test_ko_ifeval_prompts_went_through_the_chat_template(hf_result, gguf_result
         assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_start|>assistant\n")
     kmmlu_prompt = _samples(hf_result, "kmmlu_kollm_sample")[0]["arguments"][0][0]
     assert kmmlu_prompt.endswith("정답：") and "<|im_start|>" not in kmmlu_prompt
+
+
+def test_limit_scores_only_the_first_questions(base_f16, gguf_result, offline):
+    limited = runner.run(runner.EvalConfig(suites=["kmmlu"], offline=True, limit=3), model=str(base_f16))
+    assert limited.scores["kmmlu"].n_samples == 3
+    first = _samples(gguf_result, "kmmlu_kollm_sample")[:3]
+    ours = _samples(limited, "kmmlu_kollm_sample")
+    assert [s["doc"] for s in ours] == [s["doc"] for s in first]
+    correct = sum(max(range(4), key=lambda i: s["filtered_resps"][i][0]) == int(s["target"]) for s in first)
+    assert limited.scores["kmmlu"].score == pytest.approx(100.0 * correct / 3)
