@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -116,7 +117,11 @@ def merge(
         bool, typer.Option(help="Accept pickle (.bin) checkpoints, loaded tensors-only (weights_only).")
     ] = False,
     dequantize_base: Annotated[
-        bool, typer.Option(help="Accept a bitsandbytes 4-bit base (not supported yet: refused with an explanation).")
+        bool,
+        typer.Option(
+            help="Accept a bitsandbytes 4-bit base: dequantize it with bitsandbytes, then merge (warns: its "
+            "quantization error stays in the merged model; the original 16-bit base is better)."
+        ),
     ] = False,
 ) -> None:
     """Merge LoRA adapters into a base model, streaming shard by shard (bounded memory)."""
@@ -605,8 +610,20 @@ def _print_error(e: KollmError) -> None:
         err.print(f"[dim]→[/dim] {e.hint}", highlight=False, soft_wrap=True)
 
 
+class _WarningsToConsole(logging.Handler):
+    """Library modules log warnings (``logging.getLogger(__name__)``); the CLI prints them like its errors."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from rich.markup import escape
+
+        err.print(f"[bold yellow]warning:[/bold yellow] {escape(record.getMessage())}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Console entry point: map KollmError to a message and its exit code, never a traceback."""
+    logger = logging.getLogger("kollm")
+    if not any(isinstance(h, _WarningsToConsole) for h in logger.handlers):
+        logger.addHandler(_WarningsToConsole(logging.WARNING))
     try:
         code = app(standalone_mode=False)
     except KollmError as e:

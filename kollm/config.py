@@ -140,6 +140,11 @@ class ReleaseSpec(BaseModel):
     output_dir: Path | None = Field(None, description="Where artifacts go; default out/<name>.")
     trust_remote_code: bool = Field(False, description="Allow model code from the base repo to run. Off by default.")
     allow_pickle: bool = Field(False, description="Accept pickle (.bin) checkpoints. Off: safetensors only.")
+    dequantize_base: bool = Field(
+        False,
+        description="Accept a bitsandbytes 4-bit base: merge onto its dequantized weights (warns: the quantization "
+        "error stays in the merged model; the original 16-bit base is better). Off: such a base is refused.",
+    )
     verify: VerifySpec = Field(default_factory=VerifySpec, description="Checks run on every export.")
     gates: list[str] = Field(
         default_factory=list,

@@ -117,23 +117,25 @@ class QuantizedBaseError(KollmError):
         super().__init__(
             f"{self.base} is a bitsandbytes 4-bit checkpoint; merging LoRA weights onto a dequantized 4-bit base "
             "raises perplexity noticeably (peft#2321, unsloth#1519).",
-            hint="Point `base` at the original 16-bit model, or pass --dequantize-base to accept the loss.",
+            hint="Point `base` at the original 16-bit model, or pass --dequantize-base (`dequantize_base: true` in "
+            "a release spec) to merge onto its dequantized weights and accept the loss.",
         )
 
 
-class DequantizeUnsupportedError(QuantizedBaseError):
-    """--dequantize-base was given, but kollm cannot dequantize this 4-bit base itself."""
+class DequantizeError(KollmError):
+    """--dequantize-base was given, but this quantized base cannot be dequantized (8-bit, or a broken layout)."""
 
-    def __init__(self, base: Path | str) -> None:
-        KollmError.__init__(
-            self,
-            f"{base} is a bitsandbytes 4-bit checkpoint and --dequantize-base was given, but kollm does not "
-            "dequantize 4-bit bases itself: its merge streams 16/32-bit safetensors, and dequantized NF4 weights "
-            "raise perplexity noticeably anyway (peft#2321, unsloth#1519).",
-            hint="Merge onto the original 16-bit base (recommended), or dequantize first with transformers "
-            "(`model.dequantize()` then `save_pretrained`) and pass that directory as the base.",
-        )
+    exit_code = 3
+
+    def __init__(self, base: Path | str, detail: str) -> None:
         self.base = str(base)
+        self.detail = detail
+        super().__init__(
+            f"Cannot dequantize the base {self.base}: {detail}.",
+            hint="Merge onto the original 16-bit base (recommended). kollm dequantizes bitsandbytes 4-bit "
+            "(NF4/FP4) checkpoints as transformers' save_pretrained writes them; for anything else, load it with "
+            "transformers, call `model.dequantize()`, `save_pretrained` the result and pass that directory.",
+        )
 
 
 # --- tools and exports ------------------------------------------------------------------------------------

@@ -36,6 +36,16 @@ def lora_factory(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ko_tiny_nf4(ko_tiny, tmp_path_factory) -> Path:
+    """ko-tiny's base as kollm's bnb export writes it (NF4, double quantization): a 4-bit base to merge onto."""
+    from kollm.release import bnb
+
+    out = tmp_path_factory.mktemp("ko-tiny-nf4") / "base"
+    bnb.run(bnb.BnbConfig(), model_dir=ko_tiny.base, out_dir=out, probe_texts=["한국어 모델을 병합합니다."])
+    return out
+
+
+@pytest.fixture(scope="session")
 def ko_tiny_pretrained() -> Fixture:
     """Quantization quality: ko-tiny's shapes trained on the bundled Korean corpus (cached; ~2 min to build)."""
     return build_fixture(pretrained_spec())

@@ -50,7 +50,10 @@ class MergeConfig(BaseModel):
     max_shard_bytes: int = Field(2 * 1024**3, gt=0, description="Largest output shard in bytes.")
     block_bytes: int = Field(64 * 1024**2, gt=0, description="Bytes of a base tensor processed at once.")
     allow_pickle: bool = Field(False, description="Accept pickle (.bin) checkpoints, read tensors-only.")
-    dequantize_base: bool = Field(False, description="Accept a 4-bit base (refused: see DequantizeUnsupportedError).")
+    dequantize_base: bool = Field(
+        False,
+        description="Accept a bitsandbytes 4-bit base: dequantize it (with a quality warning), then merge.",
+    )
     trust_remote_code: bool = Field(False, description="Copy custom modelling code (*.py) from the base.")
 
 
@@ -77,6 +80,7 @@ class MergeResult:
     merged_tensors: int
     replaced_tensors: int
     config_changes: dict[str, object] = field(default_factory=dict)
+    dequantized_base: dict[str, object] | None = None  # what a 4-bit base was dequantized from (DequantizedBase)
 
 
 class _HashingReader:
@@ -186,7 +190,8 @@ def run(
 
     Args:
         cfg: shard size, block size, safety switches.
-        base: HF model directory with safetensors weights (16/32-bit, possibly sharded).
+        base: HF model directory with safetensors weights (16/32-bit, possibly sharded; bitsandbytes 4-bit
+            with ``cfg.dequantize_base``, merged onto its dequantized weights).
         adapters: PEFT LoRA adapter directories, applied in this order.
         out_dir: destination; replaced atomically when the merge completes.
         progress: called with (bytes_done, bytes_total) as base bytes are processed.
@@ -195,22 +200,33 @@ def run(
         The written files with sha256, the base and adapter provenance, and counts.
 
     Raises:
-        InputNotFoundError, UnsafeCheckpointError, QuantizedBaseError, AdapterMismatchError.
+        InputNotFoundError, UnsafeCheckpointError, QuantizedBaseError, DequantizeError, AdapterMismatchError.
 
     Example:
         >>> run(MergeConfig(), base=Path("Qwen2.5-7B"), adapters=[Path("cpt"), Path("sft")], out_dir=Path("m"))
     """
     started = time.perf_counter()
-    # Pickle checkpoints (only with allow_pickle) are converted next to the output, on the same disk.
+    # Pickle checkpoints (only with allow_pickle) and 4-bit bases (only with dequantize_base) are converted next
+    # to the output, on the same disk.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.pickle-", dir=out_dir.parent) as scratch:
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.scratch-", dir=out_dir.parent) as scratch:
         pickle_dir = Path(scratch) if cfg.allow_pickle else None
-        config, tensor_dir = check_base(base, pickle_dir=pickle_dir, dequantize=cfg.dequantize_base)
+        checked = check_base(
+            base,
+            pickle_dir=pickle_dir,
+            dequantize_dir=Path(scratch) if cfg.dequantize_base else None,
+            block_bytes=cfg.block_bytes,
+        )
+        tensor_dir = checked.tensor_dir
         loaded = [load_adapter(p, pickle_dir=pickle_dir) for p in adapters]
         base_tensors = index_checkpoint(tensor_dir)
-        tasks, changes = plan(base_tensors, loaded, config)
+        tasks, changes = plan(base_tensors, loaded, checked.config)
         base_files = sorted({info.file for info in base_tensors.values()})
-        base_hashes, shard_hashes = _write_checkpoint(tasks, base_files, cfg, out_dir, progress, base, loaded, changes)
+        # The output is a 16-bit checkpoint: transformers would try to load it as 4-bit if the key stayed.
+        removed = ("quantization_config",) if checked.dequantized else ()
+        base_hashes, shard_hashes = _write_checkpoint(
+            tasks, base_files, cfg, out_dir, progress, base, loaded, changes, removed
+        )
     if tensor_dir != base:  # provenance names the files the user gave, not the converted copies
         base_hashes = {p.name: sha256_file(p) for p in sorted(base.iterdir()) if p.suffix in _WEIGHT_SUFFIXES}
     provenance = [
@@ -232,6 +248,7 @@ def run(
         merged_tensors=sum(1 for t in tasks if t.loras),
         replaced_tensors=sum(1 for t in tasks if t.source.file not in base_files),
         config_changes=changes,
+        dequantized_base=checked.dequantized.record() if checked.dequantized else None,
     )
 
 
@@ -244,8 +261,9 @@ def _write_checkpoint(
     base: Path,
     adapters: list[Adapter],
     changes: dict,
+    removed: tuple[str, ...],
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """Stream every planned tensor into shards under a temp dir, add side files.
+    """Stream every planned tensor into shards under a temp dir, add side files (config keys in ``removed`` dropped).
 
     Returns:
         sha256 of each base weight file (hashed while read) and of each output shard (hashed while written).
@@ -293,5 +311,7 @@ def _write_checkpoint(
         _copy_side_files(base, adapters, tmp, trust_remote_code=cfg.trust_remote_code)
         merged_config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
         merged_config.update(changes)
+        for key in removed:
+            merged_config.pop(key, None)
         (tmp / "config.json").write_text(json.dumps(merged_config, indent=2), encoding="utf-8")
     return base_hashes, shard_hashes

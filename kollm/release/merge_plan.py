@@ -1,6 +1,7 @@
 """Planning a merge: which bytes each output tensor comes from and which LoRA updates it gets.
 
-Nothing is read here beyond headers. The plan enforces what makes the merged model mean what the adapters
+The plan reads nothing beyond headers; ``check_base`` first converts a base the merge cannot stream as is
+(pickle, or bitsandbytes 4-bit with ``dequantize_base``) into safetensors in a scratch dir. The plan enforces what makes the merged model mean what the adapters
 computed during training: shapes must fit, replacements (modules_to_save) supersede earlier updates,
 a vocabulary grown by an adapter must be grown consistently, and a tied embedding whose halves an adapter
 changed differently is untied.
@@ -9,22 +10,41 @@ changed differently is untied.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from kollm.errors import (
     AdapterMismatchError,
-    DequantizeUnsupportedError,
+    DequantizeError,
     InputNotFoundError,
     QuantizedBaseError,
     UnsafeCheckpointError,
 )
 from kollm.release.adapters import Adapter, LoraPair
+from kollm.release.dequantize import DequantizedBase, dequantize_bnb_4bit
 from kollm.release.pickle_io import pickle_to_safetensors
 from kollm.release.safetensors_io import FLOAT_DTYPES, PlannedTensor, TensorInfo
 
+log = logging.getLogger(__name__)
+
 EMBED, LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+DEQUANTIZE_WARNING = (
+    "Merging onto a dequantized 4-bit base: {base} holds bitsandbytes 4-bit weights, and dequantizing them does "
+    "not bring back what quantization rounded away, so every merged weight carries that quantization error "
+    "(merged models measurably lose quality this way: peft#2321, unsloth#1519). The original 16-bit base is "
+    "preferred whenever it is available; evaluate this merge before releasing it."
+)
+
+
+@dataclass(frozen=True)
+class BaseCheckpoint:
+    """A validated base: its config.json and where the merge reads its safetensors from."""
+
+    config: dict
+    tensor_dir: Path  # the base itself, or a converted copy in the scratch dir (pickle, dequantized 4-bit)
+    dequantized: DequantizedBase | None = None  # set when a bitsandbytes 4-bit base was dequantized
 
 
 @dataclass
@@ -36,19 +56,22 @@ class Task:
     loras: list[LoraPair]
 
 
-def check_base(base: Path, *, pickle_dir: Path | None, dequantize: bool) -> tuple[dict, Path]:
-    """Validate a base directory; return its config and the directory holding its safetensors.
+def check_base(
+    base: Path, *, pickle_dir: Path | None, dequantize_dir: Path | None, block_bytes: int = 64 * 1024**2
+) -> BaseCheckpoint:
+    """Validate a base directory; convert it first where the merge cannot read it as is.
 
     Args:
         base: HF model directory.
         pickle_dir: where to convert pickle weights to safetensors; None refuses pickle.
-        dequantize: the user accepted merging onto a dequantized 4-bit base.
+        dequantize_dir: where to write a dequantized copy of a bitsandbytes 4-bit base; None refuses such a base.
+        block_bytes: bytes of a tensor copied at once while converting.
 
     Returns:
-        (config.json contents, directory to read safetensors from: ``base`` or ``pickle_dir``).
+        The config and the directory to read safetensors from (``base``, or a copy under a scratch dir).
 
     Raises:
-        InputNotFoundError, UnsafeCheckpointError, QuantizedBaseError, DequantizeUnsupportedError.
+        InputNotFoundError, UnsafeCheckpointError, QuantizedBaseError, DequantizeError, ToolMissingError.
     """
     config_path = base / "config.json"
     if not config_path.is_file():
@@ -58,9 +81,15 @@ def check_base(base: Path, *, pickle_dir: Path | None, dequantize: bool) -> tupl
     config = json.loads(config_path.read_text(encoding="utf-8"))
     quant = config.get("quantization_config") or {}
     if quant.get("quant_method") == "bitsandbytes" or quant.get("load_in_4bit"):
-        raise DequantizeUnsupportedError(base) if dequantize else QuantizedBaseError(base)
+        if dequantize_dir is None:
+            raise QuantizedBaseError(base)
+        if quant.get("load_in_8bit"):
+            raise DequantizeError(base, "it is a bitsandbytes 8-bit (LLM.int8) checkpoint; only 4-bit is supported")
+        log.warning(DEQUANTIZE_WARNING.format(base=base))
+        dequantized = dequantize_bnb_4bit(base, dequantize_dir / "base", block_bytes=block_bytes)
+        return BaseCheckpoint(config, dequantized.tensor_dir, dequantized)
     if any(base.glob("*.safetensors")):
-        return config, base
+        return BaseCheckpoint(config, base)
     pickles = sorted(p for p in base.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if not pickles:
         raise InputNotFoundError("model weights (*.safetensors)", base, hint="The base directory is incomplete.")
@@ -70,7 +99,7 @@ def check_base(base: Path, *, pickle_dir: Path | None, dequantize: bool) -> tupl
     converted.mkdir(parents=True, exist_ok=True)
     for path in pickles:
         pickle_to_safetensors(path, converted / f"{path.stem}.safetensors")
-    return config, converted
+    return BaseCheckpoint(config, converted)
 
 
 def _is_tied(base_tensors: dict[str, TensorInfo], config: dict) -> bool:

@@ -136,7 +136,11 @@ def _merge_step(spec: ReleaseSpec, inputs: _Inputs, out: Path) -> Step:
         from kollm.train.stages import stage_provenance
 
         result = merge.run(
-            merge.MergeConfig(allow_pickle=spec.allow_pickle, trust_remote_code=spec.trust_remote_code),
+            merge.MergeConfig(
+                allow_pickle=spec.allow_pickle,
+                trust_remote_code=spec.trust_remote_code,
+                dequantize_base=spec.dequantize_base,
+            ),
             base=inputs.base.path,
             adapters=[a.path for a in inputs.adapters],
             out_dir=target,
@@ -152,12 +156,15 @@ def _merge_step(spec: ReleaseSpec, inputs: _Inputs, out: Path) -> Step:
             "merged_tensors": result.merged_tensors,
             "replaced_tensors": result.replaced_tensors,
             "config_changes": result.config_changes,
+            "dequantized_base": result.dequantized_base,
         }
         return StepOutput(files=[p for p in target.iterdir() if p.is_file()], record=record)
 
     external = {"base": _stat_fingerprint(inputs.base.path)}
     external |= {f"adapter{i}": _content_fingerprint(a.path) for i, a in enumerate(inputs.adapters)}
     config = {"dir": _merged_dir(spec), "allow_pickle": spec.allow_pickle, "trust_remote_code": spec.trust_remote_code}
+    if spec.dequantize_base:  # only when set, so the merges of existing releases keep their fingerprints
+        config["dequantize_base"] = True
     return Step(
         "merge", run, config=config, external=external, memory_bytes=512 * _MiB, disk_bytes=inputs.weights_bytes
     )
@@ -474,7 +481,11 @@ def _manifest_step(spec: ReleaseSpec, inputs: _Inputs, out: Path, spec_path: Pat
                 "files_sha256": merge_record["base_files"],
             },
             "adapters": merge_record["adapters"],
-            "merge": {"engine": "kollm-streaming", "config_changes": merge_record["config_changes"]},
+            "merge": {
+                "engine": "kollm-streaming",
+                "config_changes": merge_record["config_changes"],
+                "dequantized_base": merge_record.get("dequantized_base"),  # absent in merges recorded before it
+            },
             "gguf": {"pre_tokenizer": first_gguf["pre_tokenizer"], "converter": first_gguf["converter"]}
             if first_gguf
             else None,

@@ -37,23 +37,34 @@ def test_adapter_targeting_a_module_the_base_lacks(kollm_cli, lora_factory, tmp_
     _refused(done, out, "model.layers.1.", "which the base does not have")
 
 
-def _bnb_base(lora_factory, tmp_path):
+def test_4bit_base_is_refused_unless_dequantized_then_merged_with_a_warning(kollm_cli, ko_tiny, ko_tiny_nf4, tmp_path):
+    adapter = ko_tiny.adapters["cpt"]
+    out = tmp_path / "m"
+    done = kollm_cli("merge", str(ko_tiny_nf4), str(adapter), "-o", str(out))
+    _refused(done, out, "bitsandbytes 4-bit checkpoint", "--dequantize-base")
+    assert "warning:" not in done.stderr
+    done = kollm_cli("merge", str(ko_tiny_nf4), str(adapter), "-o", str(out), "--dequantize-base")
+    assert done.returncode == 0, done.stderr
+    stderr = " ".join(done.stderr.split())  # rich may wrap the paragraph
+    assert "warning: Merging onto a dequantized 4-bit base" in stderr
+    assert "carries that quantization error" in stderr and "original 16-bit base is preferred" in stderr
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    merged = load_file(out / "model.safetensors")
+    assert merged["model.layers.0.self_attn.q_proj.weight"].dtype == torch.bfloat16
+    assert not [k for k in merged if "absmax" in k or "quant_" in k]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_4bit_config_without_4bit_tensors_is_refused_with_dequantize_base(kollm_cli, lora_factory, tmp_path):
     base = tmp_path / "bnb-base"
     shutil.copytree(lora_factory.base(BaseCase()), base)
     config = json.loads((base / "config.json").read_text())
     config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
     (base / "config.json").write_text(json.dumps(config))
-    return base
-
-
-def test_4bit_base_is_refused_and_dequantize_is_explained(kollm_cli, lora_factory, tmp_path):
-    base = _bnb_base(lora_factory, tmp_path)
     adapter = lora_factory.adapter(AdapterCase(), lora_factory.base(BaseCase()))
     out = tmp_path / "m"
-    done = kollm_cli("merge", str(base), str(adapter), "-o", str(out))
-    _refused(done, out, "4-bit", "--dequantize-base")
     done = kollm_cli("merge", str(base), str(adapter), "-o", str(out), "--dequantize-base")
-    _refused(done, out, "does not dequantize", "model.dequantize()")
+    _refused(done, out, "Cannot dequantize the base", "no tensor carries a 4-bit quant_state", "model.dequantize()")
 
 
 def test_dora_is_refused(kollm_cli, lora_factory, tmp_path):
