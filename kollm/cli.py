@@ -154,7 +154,16 @@ def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="Directory for the GGUF files.")],
     name: Annotated[str | None, typer.Option(help="File name stem (default: the model directory's name).")] = None,
     pre_tokenizer: Annotated[str | None, typer.Option(help="llama.cpp pre-tokenizer (default: derived).")] = None,
-    llama_cpp_dir: Annotated[Path | None, typer.Option(help="llama.cpp checkout whose converter to use.")] = None,
+    llama_cpp_dir: Annotated[
+        Path | None,
+        typer.Option(help="llama.cpp checkout whose converter to use (and build whose llama-imatrix/llama-quantize)."),
+    ] = None,
+    imatrix: Annotated[
+        bool, typer.Option(help="Quantize K-quants with an importance matrix computed on Korean text.")
+    ] = False,
+    imatrix_calibration: Annotated[
+        Path | None, typer.Option(help="Importance-matrix calibration .txt/.jsonl (default: bundled Korean).")
+    ] = None,
     verify: Annotated[bool, typer.Option(help="Check every file against the HF model.")] = True,
 ) -> None:
     """Export GGUF files with llama.cpp's converter and quantizer, then verify them."""
@@ -163,14 +172,20 @@ def export(
     from kollm.release import gguf, verify_gguf
 
     try:
-        types = ExportsSpec(gguf=[t.strip() for t in gguf_types.split(",") if t.strip()]).gguf
+        exports = ExportsSpec(
+            gguf=[t.strip() for t in gguf_types.split(",") if t.strip()],
+            gguf_imatrix=imatrix,
+            gguf_imatrix_calibration=imatrix_calibration,
+        )
     except Exception as e:  # pydantic.ValidationError
-        raise SpecError("--gguf", format_validation_errors(e)) from e  # type: ignore[arg-type]
+        raise SpecError("--gguf/--imatrix", format_validation_errors(e)) from e  # type: ignore[arg-type]
     cfg = gguf.GgufConfig(
         name=name or model.resolve().name,
-        types=types,
+        types=exports.gguf,
         pre_tokenizer=pre_tokenizer,
         llama_cpp_dir=llama_cpp_dir,
+        imatrix=exports.gguf_imatrix,
+        imatrix_calibration=exports.gguf_imatrix_calibration,
     )
     with err.status("converting with llama.cpp"):
         result = gguf.run(cfg, model_dir=model, out_dir=output, work_dir=output / ".work")
@@ -185,8 +200,16 @@ def export(
             check = verify_gguf.check_gguf(item.path, reference, atol=atol)
             verdict = f"ok, Δlogit {check.max_logit_diff:.3f}, top-1 {check.top1_agreement:.0%}"
         types_text = ", ".join(f"{k}×{v}" for k, v in sorted(item.tensor_types.items()))
+        if item.imatrix:
+            types_text += " (imatrix)"
         table.add_row(item.path.name, _human(item.path.stat().st_size), f"{item.seconds:.2f}", types_text, verdict)
     out.print(table)
+    if result.imatrix is not None:
+        im = result.imatrix
+        out.print(
+            f"importance matrix {im.path} ({im.entries} weights, {im.chunks} chunks of {im.chunk_tokens} tokens "
+            f"of {im.calibration}; {im.tools})"
+        )
 
 
 @app.command("eval")
@@ -453,24 +476,42 @@ client.chat.completions.create(model="{handle.model}", messages=[{{"role": "user
 
 @app.command()
 def doctor(
-    prepare: Annotated[bool, typer.Option(help="Also fetch and cache the llama.cpp converter.")] = False,
+    prepare: Annotated[
+        bool,
+        typer.Option(help="Also fetch the llama.cpp converter and build llama-imatrix/llama-quantize (once)."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show what is installed and usable: torch, CUDA, llama.cpp converter, vLLM, lm-eval …"""
+    """Show what is installed and usable: torch, CUDA, llama.cpp converter and tools, vLLM, lm-eval …"""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
     from kollm.doctor import collect
 
-    report = collect(prepare=prepare)
+    with Progress(
+        "building llama-imatrix, llama-quantize", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
+    ) as progress:
+        task = progress.add_task("build", total=None, visible=False)
+
+        def step(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total, visible=True)
+
+        report = collect(prepare=prepare, progress=step)
     if as_json:
         out.print_json(json.dumps(report))
-        return
-    table = Table(title="kollm doctor")
-    table.add_column("component")
-    table.add_column("status")
-    table.add_column("detail")
-    for item in report["components"]:
-        colour = {"ok": "green", "missing": "yellow", "error": "red"}.get(item["status"], "white")
-        table.add_row(item["name"], f"[{colour}]{item['status']}[/{colour}]", item["detail"])
-    out.print(table)
+    else:
+        table = Table(title="kollm doctor")
+        table.add_column("component")
+        table.add_column("status")
+        table.add_column("detail")
+        for item in report["components"]:
+            colour = {"ok": "green", "missing": "yellow", "error": "red"}.get(item["status"], "white")
+            table.add_row(item["name"], f"[{colour}]{item['status']}[/{colour}]", item["detail"])
+        out.print(table)
+    failed = [item["name"] for item in report["components"] if item["status"] == "error"]
+    if prepare and failed:  # `make setup` must stop here rather than leave a release to fail later
+        raise KollmError(
+            f"kollm doctor --prepare could not prepare: {', '.join(failed)}.", hint="See the detail column above."
+        )
 
 
 train_app = typer.Typer(help="Train LoRA adapters: cpt → sft → dpo, each from a YAML spec.", no_args_is_help=True)

@@ -18,6 +18,8 @@ from kollm.errors import SpecError
 GGUF_FLOAT_TYPES = ("f32", "f16", "bf16")
 GGUF_QUANT_TYPES = ("q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k")
 GGUF_TYPES = GGUF_FLOAT_TYPES + GGUF_QUANT_TYPES
+# The types an importance matrix improves: llama-quantize weights each K-quant block's rounding error by it.
+GGUF_K_QUANT_TYPES = tuple(t for t in GGUF_QUANT_TYPES if "_k" in t)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 # Publish targets: a Hub repo, a directory registry, or a git mirror in olah's layout (tests, air-gapped sites).
@@ -43,6 +45,19 @@ class ExportsSpec(BaseModel):
     gguf: list[str] = Field(
         default_factory=list,
         description=f"GGUF file types for llama.cpp/Ollama, any of: {', '.join(GGUF_TYPES)}.",
+    )
+    gguf_imatrix: bool = Field(
+        False,
+        description="Quantize the GGUF K-quants (q4_k_m, q5_k_m, ...) with an importance matrix that llama.cpp's "
+        "llama-imatrix computes on Korean calibration text; other types are unchanged.",
+    )
+    gguf_imatrix_calibration: Path | None = Field(
+        None,
+        description="Importance-matrix calibration text: a .txt (one text per line) or .jsonl (text / messages / "
+        "prompt+completion). Default: kollm's bundled Korean sample (the GPTQ default).",
+    )
+    gguf_imatrix_chunks: int = Field(
+        128, gt=0, description="Most chunks of calibration text (512 tokens each) llama-imatrix processes."
     )
 
     gptq: bool = Field(
@@ -72,6 +87,29 @@ class ExportsSpec(BaseModel):
         if len(set(normalised)) != len(normalised):
             raise ValueError("a GGUF type is listed twice")
         return normalised
+
+    @field_validator("gguf_imatrix_calibration")
+    @classmethod
+    def _calibration_file(cls, value: Path | None) -> Path | None:
+        # Checked when the spec is read, not minutes later when the importance matrix step starts.
+        if value is not None and not value.is_file():
+            raise ValueError(
+                f"the calibration file {value} does not exist (relative paths start at the current directory)"
+            )
+        if value is not None and value.suffix not in (".txt", ".jsonl"):
+            raise ValueError(f"the calibration file {value} must be .txt or .jsonl")
+        return value
+
+    @model_validator(mode="after")
+    def _imatrix_needs_k_quants(self) -> ExportsSpec:
+        if self.gguf_imatrix and not any(t in GGUF_K_QUANT_TYPES for t in self.gguf):
+            raise ValueError(
+                "gguf_imatrix applies to K-quants only; add one to 'gguf' "
+                f"({', '.join(GGUF_K_QUANT_TYPES)}) or drop gguf_imatrix"
+            )
+        if self.gguf_imatrix_calibration is not None and not self.gguf_imatrix:
+            raise ValueError("gguf_imatrix_calibration is set but gguf_imatrix is not; set gguf_imatrix: true")
+        return self
 
 
 class VerifySpec(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import shutil
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
@@ -44,6 +45,24 @@ def _converter_row(prepare: bool) -> dict[str, str]:
     return _row("llama.cpp converter", "ok", f"{found.origin} at {found.root}")
 
 
+def _llama_tools_row(prepare: bool, progress: Callable[[int, int], None] | None) -> dict[str, str]:
+    from kollm.errors import KollmError
+    from kollm.release.llama_tools import build_programs, ensure_tools, find_tools
+
+    name = "llama-imatrix, llama-quantize"
+    try:
+        found = ensure_tools(progress=progress) if prepare else find_tools()
+        if found is None:
+            build_programs()
+    except KollmError as e:
+        return _row(name, "error", f"{e.message} {e.hint or ''}".strip())
+    if found is None:
+        return _row(
+            name, "missing", "built on the first GGUF imatrix request (minutes), or now: kollm doctor --prepare"
+        )
+    return _row(name, "ok", f"{found.origin} at {found.imatrix.parent}")
+
+
 def _vllm_row() -> dict[str, str]:
     from kollm.serve.environment import find_vllm, managed_env_dir
 
@@ -53,8 +72,14 @@ def _vllm_row() -> dict[str, str]:
     return _row("vLLM", "ok", f"{runtime.version} from {runtime.origin}")
 
 
-def collect(*, prepare: bool = False) -> dict[str, Any]:
-    """Report every component kollm can use; ``prepare`` also caches the llama.cpp converter."""
+def collect(*, prepare: bool = False, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Report every component kollm can use.
+
+    Args:
+        prepare: also cache the llama.cpp converter and build llama-imatrix / llama-quantize (what
+            ``make setup`` runs, so CI never compiles during a release).
+        progress: called with (compiled, total) steps while the llama.cpp tools build.
+    """
     rows = [_row("python", "ok", f"{platform.python_version()} on {platform.machine()}"), _torch_row()]
     for dist, purpose in (
         ("transformers", "load/save HF checkpoints"),
@@ -71,6 +96,7 @@ def collect(*, prepare: bool = False) -> dict[str, Any]:
         rows.append(_row(dist, "ok" if version else "missing", f"{version} — {purpose}" if version else purpose))
     if _version("llama-cpp-python"):
         rows.append(_converter_row(prepare))
+        rows.append(_llama_tools_row(prepare, progress))
     rows.append(_vllm_row())
     git = shutil.which("git")
     rows.append(_row("git", "ok" if git else "missing", git or "needed for git-based publish targets"))

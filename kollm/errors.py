@@ -162,6 +162,15 @@ class ConverterError(KollmError):
         super().__init__(f"{step} failed: {detail}", hint=hint)
 
 
+class LlamaToolsError(KollmError):
+    """llama.cpp's llama-imatrix / llama-quantize are unavailable and could not be built."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, *, hint: str) -> None:
+        super().__init__(message, hint=hint)
+
+
 class PreTokenizerError(KollmError):
     """kollm could not determine which llama.cpp pre-tokenizer matches a tokenizer."""
 
@@ -444,14 +453,14 @@ class CalibrationDataError(KollmError):
 
     exit_code = 2
 
-    def __init__(self, path: Path | str, detail: str) -> None:
+    def __init__(self, path: Path | str, detail: str, *, field: str = "exports.gptq_calibration") -> None:
         self.path = str(path)
         self.detail = detail
+        self.field = field
         super().__init__(
-            f"Calibration data {self.path} cannot be used: {detail}.",
+            f"Calibration data {self.path} ({field}) cannot be used: {detail}.",
             hint="Give a .txt file (one Korean text per line) or a .jsonl file with 'text', 'messages' or "
-            "'prompt' + 'completion' per line in `exports.gptq.calibration`, or leave it empty for kollm's "
-            "bundled Korean sample.",
+            f"'prompt' + 'completion' per line in `{field}`, or leave it empty for kollm's bundled Korean sample.",
         )
 
 

@@ -223,6 +223,13 @@ def _provenance_section(provenance: dict[str, Any]) -> list[str]:
     lines = ["## Provenance", "", f"- base: `{base.get('source')}` (revision `{base.get('revision') or 'n/a'}`)"]
     for adapter in provenance.get("adapters") or []:
         lines.append(f"- adapter: `{adapter.get('source')}` sha256 `{adapter.get('sha256', '')}`")
+    imatrix = (provenance.get("gguf") or {}).get("imatrix")
+    if imatrix:
+        lines.append(
+            f"- GGUF {', '.join(t.upper() for t in imatrix['types'])}: quantized with the importance matrix "
+            f"`{imatrix['file'].rsplit('/', 1)[-1]}` (llama.cpp llama-imatrix on `{imatrix['dataset']}`, "
+            f"{imatrix['chunks']} chunks of {imatrix['chunk_tokens']} tokens)"
+        )
     tools = provenance.get("tools") or {}
     if tools:
         lines.append("- tools: " + ", ".join(f"{k} {v}" for k, v in sorted(tools.items())))

@@ -20,7 +20,7 @@ from kollm.manifest import FileRecord, sha256_file
 from kollm.publish.local import PublishedRepo
 from kollm.publish.plan import RepoPlan
 
-LFS_PATTERNS = ("*.gguf", "*.safetensors", "*.bin")
+LFS_PATTERNS = ("*.gguf", "*.imatrix", "*.safetensors", "*.bin")
 _POINTER_RE = re.compile(r"^version https://git-lfs\.github\.com/spec/v1\noid sha256:([0-9a-f]{64})\nsize (\d+)\n")
 # Fixed identity and no signing: the mirror's history must not depend on the user's git config.
 _GIT_ENV = {

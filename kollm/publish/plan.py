@@ -85,6 +85,8 @@ class RepoPlan:
 
 # Artifact kind -> repo name suffix in the per-format layout (name, name-GGUF, name-GPTQ-W4A16, name-bnb-4bit).
 _QUANTIZED_REPOS = {"gguf": "GGUF", "gptq": "GPTQ-W4A16", "bnb-4bit": "bnb-4bit"}
+# The importance matrix travels with the GGUF files it made: users re-quantize other types with it.
+_REPO_OF_KIND = {"imatrix": "gguf"}
 
 
 def parse_target(target: str, name: str) -> Target:
@@ -118,7 +120,8 @@ def build_plans(
     target = parse_target(cfg.target, cfg.name)
     groups: dict[str, list[dict[str, Any]]] = {}
     for artifact in manifest.get("artifacts", []):
-        kind = artifact["kind"] if artifact["kind"] in _QUANTIZED_REPOS else "safetensors"
+        kind = _REPO_OF_KIND.get(artifact["kind"], artifact["kind"])
+        kind = kind if kind in _QUANTIZED_REPOS else "safetensors"
         groups.setdefault(kind, []).append(artifact)
     if not groups:
         raise PublishError(cfg.target, "the release manifest lists no artifacts", hint="Run `kollm release` first.")

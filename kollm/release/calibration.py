@@ -2,7 +2,8 @@
 
 The default calibration set is the Korean half of the corpus bundled with kollm, minus every tenth line,
 which is held out: the pretrained fixture never trains on those lines and the quality report measures
-perplexity on them. A release may calibrate on its own SFT data instead (``exports.gptq.calibration``).
+perplexity on them. A release may calibrate GPTQ and the GGUF importance matrix on its own SFT data instead
+(``exports.gptq_calibration``, ``exports.gguf_imatrix_calibration``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def training_korean_lines() -> list[str]:
     return [line for i, line in enumerate(_korean_lines()) if i % HELDOUT_EVERY != 0]
 
 
-def _record_text(record: Any, tokenizer: Any, path: Path, line_no: int) -> str:
+def _record_text(record: Any, tokenizer: Any, path: Path, line_no: int, field: str) -> str:
     if isinstance(record, dict):
         if isinstance(record.get("text"), str):
             return record["text"]
@@ -41,16 +42,19 @@ def _record_text(record: Any, tokenizer: Any, path: Path, line_no: int) -> str:
         if isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
             return record["prompt"] + record["completion"]
     raise CalibrationDataError(
-        path, f"line {line_no} has none of 'text', 'messages' (with a chat template), or 'prompt' + 'completion'"
+        path,
+        f"line {line_no} has none of 'text', 'messages' (with a chat template), or 'prompt' + 'completion'",
+        field=field,
     )
 
 
-def read_texts(path: Path, *, tokenizer: Any = None) -> list[str]:
+def read_texts(path: Path, *, tokenizer: Any = None, field: str = "exports.gptq_calibration") -> list[str]:
     """Read calibration texts from a file: ``.txt`` (one text per line) or ``.jsonl`` (SFT records).
 
     Args:
         path: the file.
         tokenizer: renders ``messages`` records with its chat template.
+        field: the spec field that named the file (errors name it).
 
     Returns:
         The non-empty texts, in file order.
@@ -59,9 +63,9 @@ def read_texts(path: Path, *, tokenizer: Any = None) -> list[str]:
         CalibrationDataError: the file is missing, empty, malformed, or of an unknown kind.
     """
     if not path.is_file():
-        raise CalibrationDataError(path, "the file does not exist")
+        raise CalibrationDataError(path, "the file does not exist", field=field)
     if path.suffix not in (".txt", ".jsonl"):
-        raise CalibrationDataError(path, f"unknown file kind '{path.suffix}'")
+        raise CalibrationDataError(path, f"unknown file kind '{path.suffix}'", field=field)
     texts: list[str] = []
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -72,10 +76,10 @@ def read_texts(path: Path, *, tokenizer: Any = None) -> list[str]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise CalibrationDataError(path, f"line {line_no} is not JSON ({e.msg})") from e
-        texts.append(_record_text(record, tokenizer, path, line_no))
+            raise CalibrationDataError(path, f"line {line_no} is not JSON ({e.msg})", field=field) from e
+        texts.append(_record_text(record, tokenizer, path, line_no, field))
     if not texts:
-        raise CalibrationDataError(path, "it holds no text")
+        raise CalibrationDataError(path, "it holds no text", field=field)
     return texts
 
 

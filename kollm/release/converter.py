@@ -36,7 +36,8 @@ class ConverterSource:
         return self.root / "convert_hf_to_gguf.py"
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """kollm's llama.cpp cache: ``$KOLLM_CACHE/llama.cpp`` or ``~/.cache/kollm/llama.cpp``."""
     root = os.environ.get("KOLLM_CACHE") or str(Path.home() / ".cache" / "kollm")
     return Path(root) / "llama.cpp"
 
@@ -51,6 +52,21 @@ def _check_layout(root: Path) -> None:
             )
 
 
+def checkout_of(directory: Path) -> Path:
+    """The llama.cpp checkout of ``directory``: itself, or the source tree a CMake build directory was made from.
+
+    One ``--llama-cpp-dir`` / ``KOLLM_LLAMA_CPP_DIR`` then serves both the converter (in the checkout) and
+    llama-imatrix / llama-quantize (in the build directory).
+    """
+    cache = directory / "CMakeCache.txt"
+    if (directory / "convert_hf_to_gguf.py").exists() or not cache.is_file():
+        return directory
+    for line in cache.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("CMAKE_HOME_DIRECTORY:"):
+            return Path(line.split("=", 1)[1].strip())
+    return directory
+
+
 def llama_cpp_python_version() -> str:
     """Version of the installed llama-cpp-python."""
     try:
@@ -62,7 +78,7 @@ def llama_cpp_python_version() -> str:
 def cached_converter() -> ConverterSource | None:
     """The converter already in kollm's cache for the installed llama-cpp-python, if any."""
     version = llama_cpp_python_version()
-    root = _cache_root() / f"llama-cpp-python-{version}"
+    root = cache_root() / f"llama-cpp-python-{version}"
     if (root / "COMPLETE").is_file():
         return ConverterSource(root, f"llama-cpp-python {version} sdist")
     return None
@@ -82,35 +98,57 @@ def ensure_converter(llama_cpp_dir: Path | None = None) -> ConverterSource:
         Path(os.environ["KOLLM_LLAMA_CPP_DIR"]) if os.environ.get("KOLLM_LLAMA_CPP_DIR") else None
     )
     if chosen is not None:
+        chosen = checkout_of(chosen)
         _check_layout(chosen)
         return ConverterSource(chosen.resolve(), f"checkout {chosen.resolve()}")
     found = cached_converter()
     if found:
         return found
     version = llama_cpp_python_version()
-    root = _cache_root() / f"llama-cpp-python-{version}"
+    root = cache_root() / f"llama-cpp-python-{version}"
     with tempfile.TemporaryDirectory(prefix="kollm-sdist-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d", tmp]
-        done = subprocess.run([*cmd, f"llama-cpp-python=={version}"], capture_output=True, text=True)
-        archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-        if done.returncode != 0 or not archives:
-            raise ToolMissingError(
-                f"the llama.cpp converter (llama-cpp-python {version} sdist could not be fetched: "
-                f"{done.stderr.strip()[-300:]})",
-                install="run `kollm doctor --prepare` where PyPI is reachable, or pass --llama-cpp-dir",
-            )
-        with atomic_path(root) as out, tarfile.open(archives[0]) as tar:
-            for member in tar.getmembers():
-                inner = member.name.split("/", 1)[-1]
-                if not inner.startswith(_SDIST_PREFIX) or not member.isfile():
-                    continue
-                rel = inner.removeprefix(_SDIST_PREFIX)
-                if any(rel == n or (n.endswith("/") and rel.startswith(n)) for n in _NEEDED):
-                    target = out / rel
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    source = tar.extractfile(member)
-                    assert source is not None
-                    target.write_bytes(source.read())
+        archive = download_sdist(version, Path(tmp), purpose="the llama.cpp converter")
+        with atomic_path(root) as out:
+            extract_vendored(archive, out, _NEEDED)
             (out / "COMPLETE").write_text(version, encoding="utf-8")
     _check_layout(root)
     return ConverterSource(root, f"llama-cpp-python {version} sdist")
+
+
+def download_sdist(version: str, directory: Path, *, purpose: str) -> Path:
+    """Fetch the llama-cpp-python sdist of ``version`` into ``directory`` with pip; return the archive.
+
+    Raises:
+        ToolMissingError: pip could not fetch it (offline, no index).
+    """
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d", str(directory)]
+    done = subprocess.run([*cmd, f"llama-cpp-python=={version}"], capture_output=True, text=True)
+    archives = list(directory.glob("llama_cpp_python-*.tar.gz"))
+    if done.returncode != 0 or not archives:
+        raise ToolMissingError(
+            f"{purpose} (llama-cpp-python {version} sdist could not be fetched: {done.stderr.strip()[-300:]})",
+            install="run `kollm doctor --prepare` where PyPI is reachable, or pass --llama-cpp-dir",
+        )
+    return archives[0]
+
+
+def extract_vendored(archive: Path, out: Path, needed: tuple[str, ...]) -> None:
+    """Copy the files of the sdist's ``vendor/llama.cpp/`` named by ``needed`` into ``out``.
+
+    Args:
+        archive: the sdist (.tar.gz).
+        out: destination directory (created).
+        needed: paths relative to llama.cpp's top directory; a trailing ``/`` takes a whole directory.
+    """
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            inner = member.name.split("/", 1)[-1]
+            if not inner.startswith(_SDIST_PREFIX) or not member.isfile():
+                continue
+            rel = inner.removeprefix(_SDIST_PREFIX)
+            if any(rel == n or (n.endswith("/") and rel.startswith(n)) for n in needed):
+                target = out / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source = tar.extractfile(member)
+                assert source is not None
+                target.write_bytes(source.read())

@@ -2,7 +2,9 @@
 
 Every file is written under a temporary name and renamed on success: the quantizer returns 0 even when it
 falls back to another type for some tensors, and can leave a partial file on failure, so kollm reads each
-output back with ``gguf.GGUFReader`` and records the tensor types actually written.
+output back with ``gguf.GGUFReader`` and records the tensor types actually written. With an importance matrix
+(``imatrix=True``), K-quants come from llama.cpp's ``llama-quantize --imatrix`` (see ``kollm.release.imatrix``);
+the other types are quantized as without one.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kollm.config import GGUF_FLOAT_TYPES, GGUF_TYPES
+from kollm.config import GGUF_FLOAT_TYPES, GGUF_K_QUANT_TYPES, GGUF_TYPES
 from kollm.errors import ConverterError, UnknownQuantError
 from kollm.manifest import atomic_path
 from kollm.models import resolve_pre_tokenizer
 from kollm.release.converter import ensure_converter
+from kollm.release.llama_tools import LlamaTools
 
 log = logging.getLogger(__name__)
 _DISK_FULL = re.compile(r"No space left on device|\d+ requested and \d+ written")
@@ -56,7 +60,12 @@ class GgufConfig(BaseModel):
     name: str = Field(description="File name stem: files are <name>-<TYPE>.gguf.")
     types: list[str] = Field(description="GGUF types to produce, e.g. f16, q8_0, q4_k_m.")
     pre_tokenizer: str | None = Field(None, description="llama.cpp pre-tokenizer; derived when empty.")
-    llama_cpp_dir: Path | None = Field(None, description="llama.cpp checkout whose converter to use.")
+    llama_cpp_dir: Path | None = Field(
+        None, description="llama.cpp checkout whose converter (and build whose llama-imatrix/llama-quantize) to use."
+    )
+    imatrix: bool = Field(False, description="Quantize K-quants with an importance matrix (llama-imatrix).")
+    imatrix_calibration: Path | None = Field(None, description="Importance-matrix calibration .txt/.jsonl.")
+    imatrix_chunks: int = Field(128, gt=0, description="Most calibration chunks llama-imatrix processes.")
 
 
 @dataclass
@@ -68,6 +77,7 @@ class GgufFile:
     seconds: float
     tensor_types: dict[str, int]
     fallback_tensors: list[str] = field(default_factory=list)
+    imatrix: dict[str, Any] | None = None  # the quantize.imatrix.* keys llama-quantize wrote, when one was used
 
 
 @dataclass
@@ -78,6 +88,7 @@ class GgufResult:
     pre_tokenizer: str
     converter: str
     reference: Path  # the float GGUF that quantized files were derived from (kept for verification)
+    imatrix: Any = None  # kollm.release.imatrix.ImatrixResult when K-quants used one
 
 
 def file_name(name: str, gguf_type: str) -> str:
@@ -138,10 +149,23 @@ def _quantize(src: Path, dst: Path, gguf_type: str) -> None:
         raise ConverterError(f"llama_model_quantize to {gguf_type}", f"return code {rc}")
 
 
+def imatrix_metadata(path: Path) -> dict[str, Any] | None:
+    """The ``quantize.imatrix.*`` keys llama-quantize writes into a GGUF made with an importance matrix."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    found = {
+        key.removeprefix("quantize.imatrix."): item.contents()
+        for key, item in reader.fields.items()
+        if key.startswith("quantize.imatrix.")
+    }
+    return found or None
+
+
 def describe(gguf_type: str, path: Path, seconds: float) -> GgufFile:
     """Read a written GGUF back and record the tensor types llama.cpp actually used."""
     counts, by_name = tensor_type_counts(path)
-    item = GgufFile(gguf_type, path, seconds, counts, _fallbacks(gguf_type, by_name))
+    item = GgufFile(gguf_type, path, seconds, counts, _fallbacks(gguf_type, by_name), imatrix_metadata(path))
     if item.fallback_tensors:
         log.warning("%s: %d tensors fell back to another type", path.name, len(item.fallback_tensors))
     return item
@@ -181,6 +205,43 @@ def quantize_one(reference: Path, target: Path, gguf_type: str) -> GgufFile:
     return describe(gguf_type, target, time.perf_counter() - started)
 
 
+def quantize_with_imatrix(
+    reference: Path, target: Path, gguf_type: str, *, imatrix: Path, tools: LlamaTools
+) -> GgufFile:
+    """Quantize a float GGUF to a K-quant with ``llama-quantize --imatrix`` (temp + rename).
+
+    The imatrix is passed by its bare name from its own directory: llama-quantize writes the path it was given
+    into the GGUF (``quantize.imatrix.file``), and the file's bytes must not depend on the output directory.
+
+    Raises:
+        ConverterError: llama-quantize failed, or its output does not record the importance matrix.
+    """
+    if gguf_type not in GGUF_K_QUANT_TYPES:
+        raise ValueError(f"{gguf_type} is not a K-quant")  # the caller decides which types get the imatrix
+    started = time.perf_counter()
+    with atomic_path(target) as tmp:
+        cmd = [
+            str(tools.quantize),
+            "--imatrix",
+            imatrix.name,
+            str(reference.resolve()),
+            str(tmp.resolve()),
+            gguf_type.upper(),
+            str(os.cpu_count() or 1),
+        ]
+        done = subprocess.run(cmd, cwd=imatrix.parent, capture_output=True, text=True)
+        if done.returncode != 0 or not tmp.is_file():
+            tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-6:])
+            if _DISK_FULL.search(tail):
+                raise OSError(errno.ENOSPC, "No space left on device", str(target))
+            raise ConverterError(f"llama-quantize --imatrix to {gguf_type}", f"exit code {done.returncode}: {tail}")
+        if imatrix_metadata(tmp) is None:
+            raise ConverterError(
+                f"llama-quantize --imatrix to {gguf_type}", "the output carries no quantize.imatrix.* metadata"
+            )
+    return describe(gguf_type, target, time.perf_counter() - started)
+
+
 def run(
     cfg: GgufConfig,
     *,
@@ -199,10 +260,12 @@ def run(
         on_file: called after each file is written (progress).
 
     Returns:
-        Each file with its time and tensor types, the pre-tokenizer used and the converter's origin.
+        Each file with its time and tensor types, the pre-tokenizer used and the converter's origin; the
+        importance matrix (``<name>.imatrix`` in ``out_dir``) when ``cfg.imatrix`` is set.
 
     Raises:
-        UnknownQuantError, PreTokenizerError, ConverterError, ToolMissingError.
+        UnknownQuantError, PreTokenizerError, ConverterError, ToolMissingError, LlamaToolsError,
+        CalibrationDataError.
     """
     for t in cfg.types:
         if t not in GGUF_TYPES:
@@ -222,9 +285,26 @@ def run(
             files.append(item)
             if on_file:
                 on_file(item)
+    computed = None
+    if cfg.imatrix and any(t in GGUF_K_QUANT_TYPES for t in cfg.types):
+        from kollm.release import imatrix
+        from kollm.release.llama_tools import ensure_tools
+
+        tools = ensure_tools(cfg.llama_cpp_dir, on_build=log.warning)
+        computed = imatrix.compute(
+            imatrix.ImatrixConfig(calibration=cfg.imatrix_calibration, chunks=cfg.imatrix_chunks),
+            reference=reference,
+            target=out_dir / imatrix.imatrix_file_name(cfg.name),
+            tools=tools,
+            model_dir=model_dir,
+        )
     for gguf_type in (t for t in cfg.types if t not in GGUF_FLOAT_TYPES):
-        item = quantize_one(reference, out_dir / file_name(cfg.name, gguf_type), gguf_type)
+        target = out_dir / file_name(cfg.name, gguf_type)
+        if computed is not None and gguf_type in GGUF_K_QUANT_TYPES:
+            item = quantize_with_imatrix(reference, target, gguf_type, imatrix=computed.path, tools=tools)
+        else:
+            item = quantize_one(reference, target, gguf_type)
         files.append(item)
         if on_file:
             on_file(item)
-    return GgufResult(files=files, pre_tokenizer=pre, converter=converter.origin, reference=reference)
+    return GgufResult(files=files, pre_tokenizer=pre, converter=converter.origin, reference=reference, imatrix=computed)

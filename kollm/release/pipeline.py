@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from kollm.config import GGUF_FLOAT_TYPES, ReleaseSpec
+from kollm.config import GGUF_FLOAT_TYPES, GGUF_K_QUANT_TYPES, ReleaseSpec
 from kollm.errors import GateFailedError, KollmError, OutputPathError, ReleaseLockedError
 from kollm.manifest import MANIFEST_NAME, ArtifactRecord, remove_stale_temps, tool_versions
 from kollm.release.inputs import ResolvedInput, resolve
@@ -192,14 +192,25 @@ def _reference_step(spec: ReleaseSpec, inputs: _Inputs, out: Path) -> Step:
     )
 
 
+def _reference_type(spec: ReleaseSpec) -> str:
+    floats = [t for t in spec.exports.gguf if t in GGUF_FLOAT_TYPES]
+    return "f16" if "f16" in floats or not floats else floats[0]
+
+
+def _imatrix_types(spec: ReleaseSpec) -> list[str]:
+    """The GGUF types quantized with the importance matrix (K-quants, when it is on)."""
+    return [t for t in spec.exports.gguf if t in GGUF_K_QUANT_TYPES] if spec.exports.gguf_imatrix else []
+
+
 def _gguf_steps(spec: ReleaseSpec, inputs: _Inputs, out: Path) -> list[Step]:
     from kollm.release.gguf import file_name
 
     types = spec.exports.gguf
     floats = [t for t in types if t in GGUF_FLOAT_TYPES]
-    reference_type = "f16" if "f16" in floats or not floats else floats[0]
+    reference_type = _reference_type(spec)
     gguf_dir = _inside(out, "gguf", "GGUF directory")
     work = _inside(out, ".work", "work directory")
+    with_imatrix = _imatrix_types(spec)
 
     def convert(gguf_type: str, target: Path) -> Step:
         def run(ctx: StepContext) -> StepOutput:
@@ -225,21 +236,37 @@ def _gguf_steps(spec: ReleaseSpec, inputs: _Inputs, out: Path) -> list[Step]:
             disk_bytes=int(inputs.weights_bytes * ratio),
         )
 
-    def quantize(gguf_type: str) -> Step:
-        target = gguf_dir / file_name(spec.name, gguf_type)
-
+    def quantize(gguf_type: str, target: Path, *, imatrix: bool, name: str) -> Step:
         def run(ctx: StepContext) -> StepOutput:
             from kollm.release import gguf
 
-            item = gguf.quantize_one(ctx.files(f"gguf-{reference_type}")[0], target, gguf_type)
+            reference = ctx.files(f"gguf-{reference_type}")[0]
+            if imatrix:
+                from kollm.release.llama_tools import ensure_tools
+
+                item = gguf.quantize_with_imatrix(
+                    reference, target, gguf_type, imatrix=ctx.files("gguf-imatrix")[0], tools=ensure_tools()
+                )
+            else:
+                item = gguf.quantize_one(reference, target, gguf_type)
             ctx.progress(1, 1)
             return StepOutput(files=[target], record=_gguf_record(item))
 
+        config: dict[str, Any] = {"name": spec.name, "type": gguf_type}
+        external: dict[str, str] = {}
+        if imatrix:
+            from kollm.release.llama_tools import expected_origin
+
+            config["imatrix"] = True
+            external["tools"] = expected_origin()  # another llama-quantize re-runs the step
+        if target.parent != gguf_dir:
+            config["path"] = str(target)
         return Step(
-            f"gguf-{gguf_type}",
+            name,
             run,
-            inputs=(f"gguf-{reference_type}",),
-            config={"name": spec.name, "type": gguf_type},
+            inputs=(f"gguf-{reference_type}", *(["gguf-imatrix"] if imatrix else [])),
+            config=config,
+            external=external,
             memory_bytes=2 * inputs.weights_bytes + 256 * _MiB,
             disk_bytes=int(inputs.weights_bytes * _GGUF_RATIO.get(gguf_type, 0.3)),
         )
@@ -247,12 +274,81 @@ def _gguf_steps(spec: ReleaseSpec, inputs: _Inputs, out: Path) -> list[Step]:
     reference_target = (gguf_dir if reference_type in types else work) / file_name(spec.name, reference_type)
     steps = [convert(reference_type, reference_target)]
     steps += [convert(t, gguf_dir / file_name(spec.name, t)) for t in floats if t != reference_type]
-    steps += [quantize(t) for t in types if t not in GGUF_FLOAT_TYPES]
+    if with_imatrix:
+        steps.append(_imatrix_step(spec, inputs, gguf_dir, reference_type))
+    steps += [
+        quantize(t, gguf_dir / file_name(spec.name, t), imatrix=t in with_imatrix, name=f"gguf-{t}")
+        for t in types
+        if t not in GGUF_FLOAT_TYPES
+    ]
+    if spec.exports.quality_report:
+        # What the importance matrix bought: the same K-quants without it, measured but not released.
+        steps += [
+            quantize(t, work / "no-imatrix" / file_name(spec.name, t), imatrix=False, name=_no_imatrix_step(t))
+            for t in with_imatrix
+        ]
     return steps
 
 
+def _no_imatrix_step(gguf_type: str) -> str:
+    return f"gguf-{gguf_type}-no-imatrix"
+
+
+def _imatrix_step(spec: ReleaseSpec, inputs: _Inputs, gguf_dir: Path, reference_type: str) -> Step:
+    """llama-imatrix over Korean calibration text: the importance matrix the K-quants are quantized with."""
+    from kollm.manifest import sha256_file
+    from kollm.release import llama_tools
+    from kollm.release.imatrix import ImatrixConfig, imatrix_file_name
+
+    target = gguf_dir / imatrix_file_name(spec.name)
+    cfg = ImatrixConfig(calibration=spec.exports.gguf_imatrix_calibration, chunks=spec.exports.gguf_imatrix_chunks)
+    # Fail before anything is built when the tools are neither there nor buildable here.
+    ready = llama_tools.find_tools()
+    if ready is None:
+        llama_tools.build_programs()
+
+    def run(ctx: StepContext) -> StepOutput:
+        from kollm.release import imatrix
+
+        tools = llama_tools.ensure_tools(progress=ctx.progress)
+        result = imatrix.compute(
+            cfg,
+            reference=ctx.files(f"gguf-{reference_type}")[0],
+            target=target,
+            tools=tools,
+            model_dir=ctx.out / ctx.record("merge")["dir"],
+        )
+        record = {
+            "calibration": result.calibration,
+            "dataset": result.dataset,
+            "entries": result.entries,
+            "chunks": result.chunks,
+            "chunk_tokens": result.chunk_tokens,
+            "uncovered": result.uncovered,
+            "tools": result.tools,
+        }
+        return StepOutput(files=[target], record=record)
+
+    external = {"tools": llama_tools.expected_origin()}
+    if cfg.calibration is not None:
+        external["calibration"] = sha256_file(cfg.calibration)
+    return Step(
+        "gguf-imatrix",
+        run,
+        inputs=(f"gguf-{reference_type}", "merge"),
+        config=json.loads(cfg.model_dump_json()),
+        external=external,
+        memory_bytes=inputs.weights_bytes + 512 * _MiB,
+        disk_bytes=16 * _MiB,
+        title="gguf-imatrix" if ready else "gguf-imatrix (building llama.cpp tools first)",
+    )
+
+
 def _gguf_record(item: Any) -> dict[str, Any]:
-    return {"gguf_type": item.gguf_type, "tensor_types": item.tensor_types, "fallback_tensors": item.fallback_tensors}
+    record = {"gguf_type": item.gguf_type, "tensor_types": item.tensor_types, "fallback_tensors": item.fallback_tensors}
+    if item.imatrix:
+        record["imatrix"] = item.imatrix
+    return record
 
 
 def _verify_step(spec: ReleaseSpec, inputs: _Inputs, gguf_type: str) -> Step:
@@ -333,8 +429,19 @@ def _quality_step(spec: ReleaseSpec, inputs: _Inputs, out: Path, deps: list[str]
         merged_dir = ctx.out / ctx.record("merge")["dir"]
         size = sum(p.stat().st_size for p in merged_dir.glob("*.safetensors"))
         reference = quality.QualityInput("merged", "hf", merged_dir, size, ctx.states["merge"].seconds)
+        comparisons = {}
+        for gguf_type in _imatrix_types(spec):
+            state = ctx.states[_no_imatrix_step(gguf_type)]
+            path = ctx.files(_no_imatrix_step(gguf_type))[0]
+            comparisons[f"gguf-{gguf_type}"] = quality.QualityInput(
+                f"gguf-{gguf_type}", "gguf", path, path.stat().st_size, state.seconds
+            )
         report = quantized.run_report(
-            merged=reference, records=_artifacts(spec, ctx), out=ctx.out, progress=ctx.progress
+            merged=reference,
+            records=_artifacts(spec, ctx),
+            out=ctx.out,
+            comparisons=comparisons,
+            progress=ctx.progress,
         )
         record = {"json": report.json_path.name, "png": report.png_path.name, "rows": [vars(r) for r in report.rows]}
         return StepOutput(files=[report.json_path, report.png_path], record=record)
@@ -431,6 +538,9 @@ def _artifacts(spec: ReleaseSpec, ctx: StepContext) -> list[ArtifactRecord]:
     for gguf_type in spec.exports.gguf:
         state = ctx.states[f"gguf-{gguf_type}"]
         verify = ctx.record(f"verify-gguf-{gguf_type}")
+        details = {k: state.record[k] for k in ("tensor_types", "fallback_tensors")} | {"verdict": verify["verdict"]}
+        if "imatrix" in state.record:
+            details["imatrix"] = state.record["imatrix"]
         found.append(
             ArtifactRecord(
                 name=f"gguf-{gguf_type}",
@@ -439,8 +549,25 @@ def _artifacts(spec: ReleaseSpec, ctx: StepContext) -> list[ArtifactRecord]:
                 files=state.files,
                 seconds=state.seconds,
                 checks=verify["checks"],
-                details={k: state.record[k] for k in ("tensor_types", "fallback_tensors")}
-                | {"verdict": verify["verdict"]},
+                details=details,
+            )
+        )
+    if _imatrix_types(spec):
+        state = ctx.states["gguf-imatrix"]
+        record = state.record
+        found.append(
+            ArtifactRecord(
+                name="gguf-imatrix",
+                kind="imatrix",
+                path=state.files[0].path,
+                files=state.files,
+                seconds=state.seconds,
+                checks={"entries": record["entries"], "uncovered_weights": record["uncovered"]},
+                details={k: record[k] for k in ("calibration", "dataset", "chunks", "chunk_tokens", "tools")}
+                | {
+                    "used_by": [f"gguf-{t}" for t in _imatrix_types(spec)],
+                    "verdict": f"ok, {record['entries']} weights, {record['chunks']} chunks",
+                },
             )
         )
     for kind, wanted in (("gptq", spec.exports.gptq), ("bnb-4bit", spec.exports.bnb_4bit)):
@@ -486,9 +613,7 @@ def _manifest_step(spec: ReleaseSpec, inputs: _Inputs, out: Path, spec_path: Pat
                 "config_changes": merge_record["config_changes"],
                 "dequantized_base": merge_record.get("dequantized_base"),  # absent in merges recorded before it
             },
-            "gguf": {"pre_tokenizer": first_gguf["pre_tokenizer"], "converter": first_gguf["converter"]}
-            if first_gguf
-            else None,
+            "gguf": _gguf_provenance(spec, ctx, first_gguf),
             "tools": tool_versions(*_TOOLS),
             "steps": {name: ctx.states[name].fingerprint for name in deps},
             "artifacts": [a.model_dump() for a in _artifacts(spec, ctx)],
@@ -507,6 +632,20 @@ def _manifest_step(spec: ReleaseSpec, inputs: _Inputs, out: Path, spec_path: Pat
         return StepOutput(files=[target])
 
     return Step("manifest", run, inputs=tuple(deps), config=json.loads(spec.model_dump_json()), disk_bytes=_MiB)
+
+
+def _gguf_provenance(spec: ReleaseSpec, ctx: StepContext, first_gguf: dict[str, Any] | None) -> dict[str, Any] | None:
+    if first_gguf is None:
+        return None
+    provenance = {"pre_tokenizer": first_gguf["pre_tokenizer"], "converter": first_gguf["converter"]}
+    if _imatrix_types(spec):
+        record = ctx.record("gguf-imatrix")
+        provenance["imatrix"] = {
+            "file": ctx.states["gguf-imatrix"].files[0].path,
+            "types": _imatrix_types(spec),
+            **{k: record[k] for k in ("calibration", "dataset", "chunks", "chunk_tokens", "tools")},
+        }
+    return provenance
 
 
 def _report_step(out: Path) -> Step:
@@ -579,12 +718,16 @@ def build_steps(spec: ReleaseSpec, *, spec_path: Path | None = None, inputs: _In
         steps.append(_hf_export_step(spec, inputs, out, "gptq"))
     if spec.exports.bnb_4bit:
         steps.append(_hf_export_step(spec, inputs, out, "bnb-4bit"))
+    comparisons = [_no_imatrix_step(t) for t in _imatrix_types(spec)] if spec.exports.quality_report else []
     artifact_steps = ["merge"] + [
-        s.name for s in steps if s.name.startswith(("gguf-", "verify-gguf-")) or s.name in ("gptq", "bnb-4bit")
+        s.name
+        for s in steps
+        if (s.name.startswith(("gguf-", "verify-gguf-")) or s.name in ("gptq", "bnb-4bit"))
+        and s.name not in comparisons
     ]
     manifest_deps = list(artifact_steps)
     if spec.exports.quality_report:
-        steps.append(_quality_step(spec, inputs, out, artifact_steps))
+        steps.append(_quality_step(spec, inputs, out, artifact_steps + comparisons))
         manifest_deps.append("quality")
     if spec.gates:
         steps.append(_gates_step(spec, inputs, out))

@@ -141,9 +141,19 @@ def _plot(rows: list[QualityRow], out: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    by_name = {r.name: r for r in rows}
+    below = {REFERENCE}  # the merge and the f16 GGUF sit side by side at 0
     for r in rows:
-        ax.scatter(r.size_mb, r.delta_ppl_pct, s=40, color="tab:gray" if r.name == REFERENCE else "tab:blue")
-        ax.annotate(r.name, (r.size_mb, r.delta_ppl_pct), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        twin = by_name.get(r.name.removesuffix("-imatrix")) if r.name.endswith("-imatrix") else None
+        if twin is not None:
+            # A K-quant and its imatrix twin have the same size: label the lower point below, the other above.
+            below.add(r.name if r.delta_ppl_pct < twin.delta_ppl_pct else twin.name)
+    for r in rows:
+        imatrix = r.name.endswith("-imatrix")
+        color = "tab:gray" if r.name == REFERENCE else "tab:green" if imatrix else "tab:blue"
+        ax.scatter(r.size_mb, r.delta_ppl_pct, s=40, color=color, marker="^" if imatrix else "o")
+        offset = (5, -11) if r.name in below else (5, 4)
+        ax.annotate(r.name, (r.size_mb, r.delta_ppl_pct), textcoords="offset points", xytext=offset, fontsize=8)
     ax.axhline(0.0, color="tab:gray", linewidth=0.8, linestyle="--")
     ax.set_xlabel("size on disk (MB)")
     ax.set_ylabel("Δ perplexity vs bf16 merge (%)")
@@ -164,6 +174,7 @@ def run(
     n_ctx: int = 512,
     title: str = "Held-out Korean perplexity vs size",
     on_artifact: Callable[[int, int], None] | None = None,
+    not_released: list[str] | None = None,
 ) -> QualityResult:
     """Measure every artifact against the merged model; write ``quality.json`` and ``quality.png``.
 
@@ -175,6 +186,7 @@ def run(
         n_ctx: longest sequence scored (longer lines are cut).
         title: the figure's title.
         on_artifact: progress callback (done, total).
+        not_released: names of rows measured for comparison only (e.g. K-quants without the importance matrix).
 
     Returns:
         Rows with perplexity, Δ perplexity (%), top-1 agreement (%), size and time; paths of JSON and PNG.
@@ -214,6 +226,7 @@ def run(
             "tokens": ref.count,
             "text_source": "kollm bundled corpus_ko.txt, held-out lines (every 10th)",
             "rows": [asdict(r) for r in rows],
+            "not_released": list(not_released or []),
         },
     )
     _plot(rows, png_path, title)
