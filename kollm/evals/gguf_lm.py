@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from lm_eval.api.model import TemplateLM
 
+from kollm.llamacpp import open_llama
+
 
 def _log_softmax(row: np.ndarray) -> np.ndarray:
     shifted = row.astype(np.float64) - row.max()
@@ -45,18 +47,10 @@ class GGUFLM(TemplateLM):
             max_gen_toks: default generation budget when a task sets none.
             n_threads: CPU threads (default: llama.cpp's choice).
         """
-        from llama_cpp import Llama
-
         super().__init__()
         self.path = Path(path)
         n_ctx = min(n_ctx, _training_context(self.path) or n_ctx)
-        self.llm = Llama(
-            model_path=str(self.path),
-            n_ctx=n_ctx,
-            logits_all=True,
-            n_threads=n_threads,
-            verbose=False,
-        )
+        self.llm = open_llama(self.path, n_ctx=n_ctx, logits_all=True, n_threads=n_threads)
         self.n_ctx = n_ctx
         self.max_gen_toks = max_gen_toks
         self._template = self.llm.metadata.get("tokenizer.chat_template")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from kollm.llamacpp import open_llama
 from kollm.manifest import atomic_path, write_json_atomic
 from kollm.release.calibration import heldout_korean_lines
 
@@ -101,12 +102,10 @@ def _hf_logits(path: Path, ids: list[list[int]]) -> list[np.ndarray]:
 
 
 def _gguf_logits(path: Path, ids: list[list[int]], n_ctx: int) -> list[np.ndarray]:
-    import llama_cpp
-
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     # One thread: llama.cpp's workers spin-wait, which on a busy 2-core machine stalls scoring for minutes,
     # and a model small enough to score thousands of tokens gains nothing from a second thread.
-    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=1, n_threads_batch=1, verbose=False, logits_all=True)
+    llm = open_llama(path, n_ctx=n_ctx, n_threads=1, n_threads_batch=1, logits_all=True)
     try:
         out = []
         for row in ids:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from kollm.errors import VerificationError
+from kollm.llamacpp import open_llama
 from kollm.models import PARITY_TEXTS
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,6 @@ def check_gguf(path: Path, ref: Reference, *, atol: float | None) -> GgufCheck:
     Raises:
         VerificationError: naming the first check that failed.
     """
-    import llama_cpp
-
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     meta = _metadata(path)
     if ref.eos_id is not None and meta.get("tokenizer.ggml.eos_token_id") != ref.eos_id:
@@ -116,7 +115,7 @@ def check_gguf(path: Path, ref: Reference, *, atol: float | None) -> GgufCheck:
         raise VerificationError(path, "chat-template", "the embedded chat template differs from the tokenizer's")
 
     try:
-        llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=2, verbose=False, logits_all=True)
+        llm = open_llama(path, n_ctx=512, n_threads=2, logits_all=True)
     except Exception as e:  # llama.cpp raises ValueError/RuntimeError with little detail
         raise VerificationError(path, "load", f"llama.cpp could not load it ({e})") from e
     try:
