@@ -44,6 +44,12 @@ class ExportsSpec(BaseModel):
         default_factory=list,
         description=f"GGUF file types for llama.cpp/Ollama, any of: {', '.join(GGUF_TYPES)}.",
     )
+    fused_gguf: bool = Field(
+        True,
+        description="With safetensors: false, stream merged tensors straight into llama.cpp's converter (no merged "
+        "checkpoint written and read back) when nothing else needs one; false forces merge → checkpoint → convert. "
+        "The GGUF bytes are the same either way.",
+    )
 
     gptq: bool = Field(
         False,

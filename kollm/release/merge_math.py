@@ -17,15 +17,36 @@ if TYPE_CHECKING:
     import torch
 
 TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+# Every safetensors dtype, for tensors handed over whole (untouched ones are copied, not decoded).
+_ALL_TORCH_DTYPES = {
+    **TORCH_DTYPES,
+    "F64": "float64",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+}
 # Same-width integer views: numpy has no bfloat16, so 16-bit floats leave torch as int16 bits.
 _BITS = {"F32": "int32", "F16": "int16", "BF16": "int16"}
 
 
-def decode(raw: bytearray, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """Float32 tensor from the raw little-endian bytes of a safetensors float dtype (no copy for F32)."""
+def as_tensor(raw: bytearray, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """The tensor in its own safetensors dtype, sharing ``raw``'s memory (no copy)."""
     import torch
 
-    values = torch.frombuffer(raw, dtype=getattr(torch, TORCH_DTYPES[dtype])).reshape(shape)
+    torch_dtype = getattr(torch, _ALL_TORCH_DTYPES[dtype])
+    if not raw:  # frombuffer refuses an empty buffer
+        return torch.empty(shape, dtype=torch_dtype)
+    return torch.frombuffer(raw, dtype=torch_dtype).reshape(shape)
+
+
+def decode(raw: bytearray, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """Float32 tensor from the raw little-endian bytes of a safetensors float dtype (no copy for F32)."""
+    values = as_tensor(raw, dtype, shape)
     return values if dtype == "F32" else values.float()
 
 
