@@ -6,14 +6,21 @@ function behind llama-quantize; the wheel ships no binary), then one verificatio
 each GGUF). kollm = `kollm release release/ko-tiny.yaml` from an empty output dir (streaming merge, steps
 run concurrently), plus a no-op re-run (everything verified and skipped).
 
-Usage: .venv/bin/python bench/release.py  → bench/results/release.json
+``--fused`` instead times the demo with ``exports.safetensors: false`` through the fused GGUF path and through
+the checkpoint route (``exports.fused_gguf: false``), fresh each time, alternating which goes first. The
+demo's gates compare the f16 GGUF with the merged model, which needs a checkpoint, so both variants drop them.
+
+Usage: .venv/bin/python bench/release.py [--fused [--runs N] [--synthetic]]
+       → bench/results/release.json | release-fused.json | release-fused-synthetic.json
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,15 +109,13 @@ def kollm(work: Path, *extra: str) -> float:
     return _timed([*cli, "-o", str(work / "out"), "--publish", f"local:{work / 'reg'}", "--json", *extra])
 
 
-def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="kollm-bench-") as tmp:
-        root = Path(tmp)
-        hand = by_hand(root / "hand")
-        concurrent = kollm(root / "k2")
-        resume = kollm(root / "k2")
-        sequential = kollm(root / "k1", "--jobs", "1")
-        shutil.rmtree(root)
-    result = {
+def by_hand_vs_kollm(root: Path) -> dict:
+    """The demo by hand and through `kollm release` (fresh, resumed no-op, sequential)."""
+    hand = by_hand(root / "hand")
+    concurrent = kollm(root / "k2")
+    resume = kollm(root / "k2")
+    sequential = kollm(root / "k1", "--jobs", "1")
+    return {
         "what": "demo release (ko-tiny: merge 2 adapters, GGUF f16/q8_0/q5_k_m/q4_k_m, verify) — seconds",
         "cpu_cores": os.cpu_count(),
         "load_average_1min_at_end": round(os.getloadavg()[0], 1),  # other jobs on a shared machine inflate times
@@ -121,7 +126,86 @@ def main() -> None:
         "ratio_by_hand_over_kollm": round(hand["total"] / concurrent, 2),
         "note": "kollm also writes the manifest, report and publishes to a local registry; by hand does not.",
     }
-    out = REPO / "bench" / "results" / "release.json"
+
+
+def _release_variant(work: Path, fused: bool, base: str | None, adapters: list[str] | None) -> Path:
+    import yaml
+
+    spec = yaml.safe_load((REPO / "release" / "ko-tiny.yaml").read_text(encoding="utf-8"))
+    spec.pop("gates", None)
+    spec.pop("eval", None)
+    spec["exports"] |= {"safetensors": False, "fused_gguf": fused}
+    if base:
+        spec |= {"base": base, "adapters": adapters or []}
+    path = work / ("fused.yaml" if fused else "checkpoint.yaml")
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def synthetic_model(work: Path) -> tuple[str, list[str]]:
+    """A random 279 MB bf16 Qwen2 (hidden 1024, 12 layers, ko-tiny's tokenizer) and one r=16 all-linear adapter."""
+    from kollm.testing.fixture import build_fixture
+    from kollm.testing.lora_cases import AdapterCase, BaseCase, make_adapter, make_base
+
+    case = BaseCase(vocab_size=4096, hidden_size=1024, intermediate_size=2816, num_layers=12, initializer_range=0.02)
+    base = make_base(case, work / "synthetic" / "base", tokenizer_from=build_fixture().base)
+    adapter = make_adapter(AdapterCase(r=16, alpha=32), base, work / "synthetic" / "sft")
+    return str(base), [str(adapter)]
+
+
+def fused_vs_checkpoint(work: Path, runs: int, base: str | None = None, adapters: list[str] | None = None) -> dict:
+    """Fresh releases, fused and checkpoint route alternated; seconds, key steps' seconds and the load."""
+    from kollm.testing.fixture import build_fixture
+
+    specs = {route: _release_variant(work, route == "fused", base, adapters) for route in ("fused", "checkpoint")}
+    cli = [PY, "-c", "from kollm.cli import main; main()", "release"]
+    rows = []
+    for i in range(runs):
+        for route in ("fused", "checkpoint") if i % 2 == 0 else ("checkpoint", "fused"):
+            out, reg = work / f"{route}-{i}", work / f"reg-{route}-{i}"
+            load_before = os.getloadavg()[0]
+            seconds = _timed([*cli, str(specs[route]), "-o", str(out), "--publish", f"local:{reg}", "--json"])
+            state = json.loads((out / "kollm-state.json").read_text(encoding="utf-8"))["steps"]
+            rows.append(
+                {
+                    "route": route,
+                    "run": i,
+                    "seconds": round(seconds, 2),
+                    "steps": {n: state[n]["seconds"] for n in ("merge", "hf-reference", "gguf-f16")},
+                    "load_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                }
+            )
+            shutil.rmtree(out)
+            shutil.rmtree(reg)
+    median = {r: statistics.median(x["seconds"] for x in rows if x["route"] == r) for r in specs}
+    weights = Path(base) if base else build_fixture().base
+    return {
+        "what": "release/ko-tiny.yaml, exports.safetensors: false, no gates: fused GGUF path vs checkpoint route",
+        "base": "synthetic (hidden 1024, 12 layers, bf16)" if base else "fixture:ko-tiny",
+        "base_weights_bytes": sum(p.stat().st_size for p in weights.glob("*.safetensors")),
+        "cpu_cores": os.cpu_count(),
+        "runs": rows,
+        "median_seconds": median,
+        "ratio_checkpoint_over_fused": round(median["checkpoint"] / median["fused"], 3),
+        "note": "load_1min is the 1-minute load average before and after each run; other jobs share the machine.",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fused", action="store_true", help="fused GGUF path vs checkpoint route")
+    parser.add_argument("--runs", type=int, default=3, help="runs per route with --fused")
+    parser.add_argument("--synthetic", action="store_true", help="with --fused: a 279 MB random base instead")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kollm-bench-") as tmp:
+        root = Path(tmp)
+        if args.fused:
+            base, adapters = synthetic_model(root) if args.synthetic else (None, None)
+            result = fused_vs_checkpoint(root, args.runs, base, adapters)
+            name = "release-fused-synthetic.json" if args.synthetic else "release-fused.json"
+        else:
+            result, name = by_hand_vs_kollm(root), "release.json"
+    out = REPO / "bench" / "results" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=2, ensure_ascii=False))

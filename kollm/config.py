@@ -59,6 +59,12 @@ class ExportsSpec(BaseModel):
     gguf_imatrix_chunks: int = Field(
         128, gt=0, description="Most chunks of calibration text (512 tokens each) llama-imatrix processes."
     )
+    fused_gguf: bool = Field(
+        True,
+        description="With safetensors: false, stream merged tensors straight into llama.cpp's converter (no merged "
+        "checkpoint written and read back) when nothing else needs one; false forces merge → checkpoint → convert. "
+        "The GGUF bytes are the same either way.",
+    )
 
     gptq: bool = Field(
         False,

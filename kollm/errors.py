@@ -171,6 +171,20 @@ class LlamaToolsError(KollmError):
         super().__init__(message, hint=hint)
 
 
+class FusedMergeError(KollmError):
+    """The fused GGUF path's in-memory merged model does not match the model class its config names."""
+
+    exit_code = 5
+
+    def __init__(self, model_class: str, detail: str) -> None:
+        self.model_class = model_class
+        self.detail = detail
+        super().__init__(
+            f"The merged model could not be built in memory as {model_class}: {detail}.",
+            hint="Write the merged checkpoint instead: set `exports.fused_gguf: false` in the release spec.",
+        )
+
+
 class PreTokenizerError(KollmError):
     """kollm could not determine which llama.cpp pre-tokenizer matches a tokenizer."""
 

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import ModuleType
 
 
-def main(argv: list[str]) -> None:
-    converter_dir, pre_tokenizer, sep, *rest = argv
-    if sep != "--":
-        raise SystemExit("usage: convert_entry CONVERTER_DIR PRE_TOKENIZER -- ARGS...")
-    root = Path(converter_dir)
+def load_converter(root: Path, pre_tokenizer: str) -> ModuleType:
+    """Import the converter's ``conversion.base`` from ``root`` with kollm's pre-tokenizer answer installed."""
     # The converter must use its own gguf-py: PyPI's gguf of the same version label is older code.
     sys.path[:0] = [str(root / "gguf-py"), str(root)]
     from conversion import base  # the converter's own package
@@ -26,10 +24,23 @@ def main(argv: list[str]) -> None:
         return pre_tokenizer
 
     base.TextModel.get_vocab_base_pre = resolved_pre
+    return base
+
+
+def run_converter(args: list[str]) -> None:
+    """Run convert_hf_to_gguf.py's own ``main`` with ``args`` (after ``load_converter``)."""
     import convert_hf_to_gguf
 
-    sys.argv = ["convert_hf_to_gguf.py", *rest]
+    sys.argv = ["convert_hf_to_gguf.py", *args]
     convert_hf_to_gguf.main()
+
+
+def main(argv: list[str]) -> None:
+    converter_dir, pre_tokenizer, sep, *rest = argv
+    if sep != "--":
+        raise SystemExit("usage: convert_entry CONVERTER_DIR PRE_TOKENIZER -- ARGS...")
+    load_converter(Path(converter_dir), pre_tokenizer)
+    run_converter(rest)
 
 
 if __name__ == "__main__":

@@ -112,20 +112,20 @@ def _fallbacks(gguf_type: str, by_name: dict[str, str]) -> list[str]:
     return sorted(n for n, t in by_name.items() if not any(s in n for s in skip) and t not in expected)
 
 
-def _convert(model_dir: Path, out: Path, outtype: str, pre: str, converter_root: Path) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "kollm.release.convert_entry",
-        str(converter_root),
-        pre,
-        "--",
-        str(model_dir),
-        "--outfile",
-        str(out),
-        "--outtype",
-        outtype,
-    ]
+def _convert(
+    model_dir: Path,
+    out: Path,
+    outtype: str,
+    pre: str,
+    converter_root: Path,
+    merge_inputs: tuple[Path, list[Path]] | None = None,
+) -> None:
+    if merge_inputs is None:
+        entry = ["kollm.release.convert_entry", str(converter_root), pre]
+    else:
+        base, adapters = merge_inputs
+        entry = ["kollm.release.fused_entry", str(converter_root), pre, str(base), *map(str, adapters)]
+    cmd = [sys.executable, "-m", *entry, "--", str(model_dir), "--outfile", str(out), "--outtype", outtype]
     env = {**os.environ, "NO_LOCAL_GGUF": "1"}  # convert_entry already put the converter's gguf-py first
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0 or not out.is_file():
@@ -134,7 +134,8 @@ def _convert(model_dir: Path, out: Path, outtype: str, pre: str, converter_root:
             # Surface as the OSError it is, so the pipeline reports the full disk like any other write. NumPy's
             # tofile reports a full disk only as a short write, without errno.
             raise OSError(errno.ENOSPC, "No space left on device", str(out))
-        raise ConverterError("llama.cpp convert_hf_to_gguf.py", tail)
+        fed = " (tensors streamed from kollm's merge)" if merge_inputs else ""
+        raise ConverterError(f"llama.cpp convert_hf_to_gguf.py{fed}", tail)
 
 
 def _quantize(src: Path, dst: Path, gguf_type: str) -> None:
@@ -171,15 +172,25 @@ def describe(gguf_type: str, path: Path, seconds: float) -> GgufFile:
     return item
 
 
-def convert_one(model_dir: Path, target: Path, gguf_type: str, *, pre_tokenizer: str, converter_root: Path) -> GgufFile:
+def convert_one(
+    model_dir: Path,
+    target: Path,
+    gguf_type: str,
+    *,
+    pre_tokenizer: str,
+    converter_root: Path,
+    merge_inputs: tuple[Path, list[Path]] | None = None,
+) -> GgufFile:
     """Convert an HF checkpoint to one float GGUF at ``target`` (temp + rename).
 
     Args:
-        model_dir: merged HF checkpoint.
+        model_dir: merged HF checkpoint; with ``merge_inputs``, a directory of its config and tokenizer files only.
         target: final file path.
         gguf_type: f32, f16 or bf16.
         pre_tokenizer: llama.cpp pre-tokenizer name.
         converter_root: directory of convert_hf_to_gguf.py (see ``ensure_converter``).
+        merge_inputs: (base, adapters): the fused path, where the converter reads merged tensors streamed from
+            the base and adapters (``kollm.release.fused_entry``) instead of a merged checkpoint. Same bytes.
 
     Returns:
         The written file with its tensor types.
@@ -189,7 +200,7 @@ def convert_one(model_dir: Path, target: Path, gguf_type: str, *, pre_tokenizer:
     """
     started = time.perf_counter()
     with atomic_path(target) as tmp:
-        _convert(model_dir, tmp, gguf_type, pre_tokenizer, converter_root)
+        _convert(model_dir, tmp, gguf_type, pre_tokenizer, converter_root, merge_inputs)
     return describe(gguf_type, target, time.perf_counter() - started)
 
 

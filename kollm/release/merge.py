@@ -4,6 +4,10 @@ For every base tensor, in file order: tensors no adapter touches are copied byte
 read in row blocks, decoded to float32, get ``scale · B·A`` of every adapter added in order, and are rounded
 once back to the base dtype. Memory is bounded by the block size and the LoRA matrices, not the model size.
 Output goes to a temporary directory that is renamed into place only when complete.
+
+``merged_blocks`` is the one place a merged value is computed. The checkpoint writer here, the fused GGUF
+path (``kollm.release.fused_entry``) and the in-memory verification reference (``kollm.release.merged_model``)
+all consume it, so every route holds the same bytes.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -23,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kollm.manifest import FileRecord, atomic_path, record_files, sha256_file
 from kollm.release.adapters import Adapter, load_adapter
+from kollm.release.dequantize import DequantizedBase
 from kollm.release.merge_math import LoraFactors, Workspace, decode, encode, read_matrix
 from kollm.release.merge_plan import Task, check_base, plan
 from kollm.release.safetensors_io import (
@@ -119,27 +124,69 @@ class _HashingReader:
         self.fh.close()
 
 
-def _write_tensor(
-    task: Task,
-    writer: ShardWriter,
-    readers: dict[Path, _HashingReader],
-    cfg: MergeConfig,
-    sink: WriteBehind,
-    work: Workspace,
-) -> None:
+ReadRows = Callable[[TensorInfo, int, int], bytearray]  # (tensor, first row, row count) -> raw bytes
+
+
+def merged_blocks(
+    task: Task, read: ReadRows, block_bytes: int, work: Workspace | None = None
+) -> Iterator[bytearray | memoryview]:
+    """The bytes of one merged output tensor, in row blocks: the one place a merged value is computed.
+
+    Untouched tensors come out as the source bytes; adapted ones as base + Σ scale·B·A in float32, rounded
+    once to the output dtype. The checkpoint writer, the fused GGUF converter and the in-memory reference
+    all consume this, so every route holds the same bytes. ``work`` reuses float32 buffers across calls.
+    """
     src = task.source
-    reader = readers.get(src.file)
     if not task.loras and src.dtype == task.out.dtype:
-        for start, count in iter_row_blocks(src, cfg.block_bytes):
-            sink.submit(writer.write, _read(reader, src, start, count))
+        for start, count in iter_row_blocks(src, block_bytes):
+            yield read(src, start, count)
         return
     factors = [LoraFactors(read_matrix(p.a), read_matrix(p.b), p.scale, p.transposed) for p in task.loras]
-    for start, count in iter_row_blocks(src, cfg.block_bytes):
-        raw = _read(reader, src, start, count)
-        block = decode(raw, src.dtype, (count, *src.shape[1:]), work)
+    work = work or Workspace()
+    for start, count in iter_row_blocks(src, block_bytes):
+        block = decode(read(src, start, count), src.dtype, (count, *src.shape[1:]), work)
         for factor in factors:
             factor.add_to(block, start, work)
-        sink.submit(writer.write, encode(block, task.out.dtype))
+        yield encode(block, task.out.dtype)
+
+
+def merged_tensor(task: Task, read: ReadRows, block_bytes: int) -> bytearray:
+    """One whole merged tensor's bytes (the fused consumers take tensors one at a time, in their own order).
+
+    Memory: the tensor plus one block; a tensor read in one block is returned as read, without a copy.
+    """
+    out = bytearray()
+    pos = 0
+    for chunk in merged_blocks(task, read, block_bytes):
+        if not out:
+            if isinstance(chunk, bytearray) and len(chunk) == task.out.nbytes:
+                return chunk
+            out = bytearray(task.out.nbytes)
+        out[pos : pos + len(chunk)] = chunk
+        pos += len(chunk)
+    return out
+
+
+class TensorReader:
+    """Random-access reads of tensor rows, one open handle per file (for consumers that pick their own order)."""
+
+    def __init__(self) -> None:
+        self._files: dict[Path, BinaryIO] = {}
+
+    def __call__(self, info: TensorInfo, start: int, count: int) -> bytearray:
+        fh = self._files.get(info.file)
+        if fh is None:
+            fh = self._files[info.file] = info.file.open("rb", buffering=0)
+        fh.seek(info.start + start * info.row_bytes)
+        return _read_exact(fh, count * info.row_bytes)
+
+    def __enter__(self) -> TensorReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for fh in self._files.values():
+            fh.close()
+        self._files.clear()
 
 
 def _read(reader: _HashingReader | None, info: TensorInfo, start: int, count: int) -> bytearray:
@@ -178,6 +225,58 @@ def _copy_side_files(base: Path, adapters: list[Adapter], out: Path, *, trust_re
                     shutil.copy2(path, out / path.name)
 
 
+def write_side_files(plan: MergePlan, out: Path, *, trust_remote_code: bool) -> None:
+    """Config, tokenizer and generation config of the merged model into ``out``, with the merge's config changes."""
+    _copy_side_files(plan.base, plan.adapters, out, trust_remote_code=trust_remote_code)
+    merged_config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    merged_config.update(plan.changes)
+    if plan.dequantized:  # a 16-bit checkpoint now: transformers would try to load it as 4-bit if the key stayed
+        merged_config.pop("quantization_config", None)
+    (out / "config.json").write_text(json.dumps(merged_config, indent=2), encoding="utf-8")
+
+
+@dataclass
+class MergePlan:
+    """A merge decided from headers alone: the tasks in output order, the files they read, the config changes."""
+
+    base: Path
+    adapters: list[Adapter]
+    tasks: list[Task]
+    changes: dict[str, object]
+    base_files: list[Path]  # the safetensors files the tasks read from the base, sorted
+    tensor_dir: Path  # the base itself, or where its pickle / dequantized 4-bit weights were converted
+    dequantized: DequantizedBase | None = None
+
+
+def prepare(cfg: MergeConfig, *, base: Path, adapters: list[Path], scratch: Path | None = None) -> MergePlan:
+    """Validate the base and adapters and plan every output tensor, reading headers only.
+
+    Args:
+        cfg: safety switches (``allow_pickle`` and ``dequantize_base`` need ``scratch``).
+        base: HF model directory.
+        adapters: PEFT LoRA adapter directories, in training order.
+        scratch: where pickle weights and a dequantized 4-bit base are converted; None refuses both.
+
+    Returns:
+        The plan that ``merged_blocks`` / ``merged_tensor`` execute task by task.
+
+    Raises:
+        InputNotFoundError, UnsafeCheckpointError, QuantizedBaseError, AdapterMismatchError.
+    """
+    pickle_dir = scratch if cfg.allow_pickle else None
+    checked = check_base(
+        base,
+        pickle_dir=pickle_dir,
+        dequantize_dir=scratch if cfg.dequantize_base else None,
+        block_bytes=cfg.block_bytes,
+    )
+    loaded = [load_adapter(p, pickle_dir=pickle_dir) for p in adapters]
+    base_tensors = index_checkpoint(checked.tensor_dir)
+    tasks, changes = plan(base_tensors, loaded, checked.config)
+    base_files = sorted({info.file for info in base_tensors.values()})
+    return MergePlan(base, loaded, tasks, changes, base_files, checked.tensor_dir, checked.dequantized)
+
+
 def run(
     cfg: MergeConfig,
     *,
@@ -185,22 +284,24 @@ def run(
     adapters: list[Path],
     out_dir: Path,
     progress: Progress | None = None,
+    weights: bool = True,
 ) -> MergeResult:
     """Merge LoRA adapters into a base model, streaming, and write an HF checkpoint to ``out_dir``.
 
     Args:
         cfg: shard size, block size, safety switches.
-        base: HF model directory with safetensors weights (16/32-bit, possibly sharded; bitsandbytes 4-bit
-            with ``cfg.dequantize_base``, merged onto its dequantized weights).
+        base: HF model directory with safetensors weights (16/32-bit, possibly sharded).
         adapters: PEFT LoRA adapter directories, applied in this order.
         out_dir: destination; replaced atomically when the merge completes.
         progress: called with (bytes_done, bytes_total) as base bytes are processed.
+        weights: False writes only config and tokenizer files (the fused GGUF path streams the tensors
+            itself); the base files are still hashed for provenance.
 
     Returns:
         The written files with sha256, the base and adapter provenance, and counts.
 
     Raises:
-        InputNotFoundError, UnsafeCheckpointError, QuantizedBaseError, DequantizeError, AdapterMismatchError.
+        InputNotFoundError, UnsafeCheckpointError, QuantizedBaseError, AdapterMismatchError.
 
     Example:
         >>> run(MergeConfig(), base=Path("Qwen2.5-7B"), adapters=[Path("cpt"), Path("sft")], out_dir=Path("m"))
@@ -210,24 +311,16 @@ def run(
     # to the output, on the same disk.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.scratch-", dir=out_dir.parent) as scratch:
-        pickle_dir = Path(scratch) if cfg.allow_pickle else None
-        checked = check_base(
-            base,
-            pickle_dir=pickle_dir,
-            dequantize_dir=Path(scratch) if cfg.dequantize_base else None,
-            block_bytes=cfg.block_bytes,
-        )
-        tensor_dir = checked.tensor_dir
-        loaded = [load_adapter(p, pickle_dir=pickle_dir) for p in adapters]
-        base_tensors = index_checkpoint(tensor_dir)
-        tasks, changes = plan(base_tensors, loaded, checked.config)
-        base_files = sorted({info.file for info in base_tensors.values()})
-        # The output is a 16-bit checkpoint: transformers would try to load it as 4-bit if the key stayed.
-        removed = ("quantization_config",) if checked.dequantized else ()
-        base_hashes, shard_hashes = _write_checkpoint(
-            tasks, base_files, cfg, out_dir, progress, base, loaded, changes, removed
-        )
-    if tensor_dir != base:  # provenance names the files the user gave, not the converted copies
+        planned = prepare(cfg, base=base, adapters=adapters, scratch=Path(scratch))
+        shard_hashes: dict[str, str] = {}
+        if weights:
+            base_hashes, shard_hashes = _write_checkpoint(planned, cfg, out_dir, progress)
+        else:
+            with atomic_path(out_dir) as tmp:
+                tmp.mkdir(parents=True)
+                write_side_files(planned, tmp, trust_remote_code=cfg.trust_remote_code)
+            base_hashes = {p.name: sha256_file(p) for p in planned.base_files}
+    if planned.tensor_dir != base:  # provenance names the files the user gave, not the converted copies
         base_hashes = {p.name: sha256_file(p) for p in sorted(base.iterdir()) if p.suffix in _WEIGHT_SUFFIXES}
     provenance = [
         AdapterProvenance(
@@ -237,7 +330,7 @@ def run(
             r=a.config.get("r"),
             targets=sorted({k.rsplit(".", 2)[-2] for k in a.pairs} | set(a.replacements)),
         )
-        for a in loaded
+        for a in planned.adapters
     ]
     return MergeResult(
         out_dir=out_dir,
@@ -245,29 +338,22 @@ def run(
         seconds=time.perf_counter() - started,
         base_files=base_hashes,
         adapters=provenance,
-        merged_tensors=sum(1 for t in tasks if t.loras),
-        replaced_tensors=sum(1 for t in tasks if t.source.file not in base_files),
-        config_changes=changes,
-        dequantized_base=checked.dequantized.record() if checked.dequantized else None,
+        merged_tensors=sum(1 for t in planned.tasks if t.loras),
+        replaced_tensors=sum(1 for t in planned.tasks if t.source.file not in planned.base_files),
+        config_changes=planned.changes,
+        dequantized_base=planned.dequantized.record() if planned.dequantized else None,
     )
 
 
 def _write_checkpoint(
-    tasks: list[Task],
-    base_files: list[Path],
-    cfg: MergeConfig,
-    out_dir: Path,
-    progress: Progress | None,
-    base: Path,
-    adapters: list[Adapter],
-    changes: dict,
-    removed: tuple[str, ...],
+    planned: MergePlan, cfg: MergeConfig, out_dir: Path, progress: Progress | None
 ) -> tuple[dict[str, str], dict[str, str]]:
-    """Stream every planned tensor into shards under a temp dir, add side files (config keys in ``removed`` dropped).
+    """Stream every planned tensor into shards under a temp dir, add side files.
 
     Returns:
         sha256 of each base weight file (hashed while read) and of each output shard (hashed while written).
     """
+    tasks = planned.tasks
     shards = plan_shards([t.out for t in tasks], cfg.max_shard_bytes)
     names = shard_names(len(shards))
     by_name = {t.out.name: t for t in tasks}
@@ -286,15 +372,20 @@ def _write_checkpoint(
         hasher = WriteBehind()  # hashes the base as read: a third thread, so neither queue waits on the other
         work = Workspace()
         try:
-            readers = {path: _HashingReader(path, hasher) for path in base_files}
+            readers = {path: _HashingReader(path, hasher) for path in planned.base_files}
+
+            def read(info: TensorInfo, start: int, rows: int) -> bytearray:
+                return _read(readers.get(info.file), info, start, rows)
+
             weight_map = {}
             writers = []
             for shard, name in zip(shards, names, strict=True):
                 writer = ShardWriter(tmp / name, shard, on_write=count)
                 writers.append(writer)
-                for planned in shard:
-                    _write_tensor(by_name[planned.name], writer, readers, cfg, sink, work)
-                    weight_map[planned.name] = name
+                for item in shard:
+                    for chunk in merged_blocks(by_name[item.name], read, cfg.block_bytes, work):
+                        sink.submit(writer.write, chunk)
+                    weight_map[item.name] = name
                 sink.submit(lambda w: w.close(), writer)
             for reader in readers.values():
                 reader.finish()
@@ -306,12 +397,7 @@ def _write_checkpoint(
         base_hashes = {path.name: reader.digest.hexdigest() for path, reader in readers.items()}
         shard_hashes = {name: writer.sha256 for name, writer in zip(names, writers, strict=True)}
         if len(names) > 1:
-            index = {"metadata": {"total_size": sum(t.out.nbytes for t in tasks)}, "weight_map": weight_map}
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
-        _copy_side_files(base, adapters, tmp, trust_remote_code=cfg.trust_remote_code)
-        merged_config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
-        merged_config.update(changes)
-        for key in removed:
-            merged_config.pop(key, None)
-        (tmp / "config.json").write_text(json.dumps(merged_config, indent=2), encoding="utf-8")
+        write_side_files(planned, tmp, trust_remote_code=cfg.trust_remote_code)
     return base_hashes, shard_hashes

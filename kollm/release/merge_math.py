@@ -22,6 +22,19 @@ if TYPE_CHECKING:
     import torch
 
 TORCH_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+# Every safetensors dtype, for tensors handed over whole (untouched ones are copied, not decoded).
+_ALL_TORCH_DTYPES = {
+    **TORCH_DTYPES,
+    "F64": "float64",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+}
 # Same-width integer views: numpy has no bfloat16, so 16-bit floats leave torch as int16 bits.
 _BITS = {"F32": "int32", "F16": "int16", "BF16": "int16"}
 
@@ -43,15 +56,23 @@ class Workspace:
         return buffer[:count].view(shape)
 
 
+def as_tensor(raw: bytearray, dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """The tensor in its own safetensors dtype, sharing ``raw``'s memory (no copy)."""
+    import torch
+
+    torch_dtype = getattr(torch, _ALL_TORCH_DTYPES[dtype])
+    if not raw:  # frombuffer refuses an empty buffer
+        return torch.empty(shape, dtype=torch_dtype)
+    return torch.frombuffer(raw, dtype=torch_dtype).reshape(shape)
+
+
 def decode(raw: bytearray, dtype: str, shape: tuple[int, ...], work: Workspace | None = None) -> torch.Tensor:
     """Float32 tensor from the raw little-endian bytes of a safetensors float dtype (no copy for F32).
 
     16-bit values are widened into ``work``'s block buffer when given (the result is then only valid until the
     next ``decode`` with the same workspace).
     """
-    import torch
-
-    values = torch.frombuffer(raw, dtype=getattr(torch, TORCH_DTYPES[dtype])).reshape(shape)
+    values = as_tensor(raw, dtype, shape)
     if dtype == "F32":
         return values
     if work is None:

@@ -128,7 +128,27 @@ def _merged_dir(spec: ReleaseSpec) -> str:
     return "merged" if spec.exports.safetensors else ".work/merged"
 
 
-def _merge_step(spec: ReleaseSpec, inputs: _Inputs, out: Path) -> Step:
+def fused_gguf(spec: ReleaseSpec, base: Path) -> bool:
+    """Whether the float GGUFs are converted from merged tensors streamed in (no merged checkpoint on disk).
+
+    Only when GGUF is the sole consumer of the merge: no safetensors export, no GPTQ / bnb / quality report and
+    no gate on the merged model (those load a checkpoint directory), and a 16-bit safetensors base (pickle and
+    4-bit bases are converted by the checkpoint merge). The verification reference then merges in memory.
+    """
+    exports = spec.exports
+    if not exports.gguf or exports.safetensors or not exports.fused_gguf or spec.dequantize_base:
+        return False
+    if exports.gptq or exports.bnb_4bit or exports.quality_report:
+        return False
+    if spec.gates:
+        from kollm.evals.gates import needed, parse_gates
+
+        if any(artifact not in exports.gguf for artifact in needed(parse_gates(spec.gates))):
+            return False
+    return any(base.glob("*.safetensors"))
+
+
+def _merge_step(spec: ReleaseSpec, inputs: _Inputs, out: Path, fused: bool) -> Step:
     target = _inside(out, _merged_dir(spec), "merged model directory")
 
     def run(ctx: StepContext) -> StepOutput:
@@ -145,6 +165,7 @@ def _merge_step(spec: ReleaseSpec, inputs: _Inputs, out: Path) -> Step:
             adapters=[a.path for a in inputs.adapters],
             out_dir=target,
             progress=ctx.progress,
+            weights=not fused,  # fused: config and tokenizer only; the GGUF converter streams the tensors
         )
         record = {
             "dir": _merged_dir(spec),
@@ -158,6 +179,8 @@ def _merge_step(spec: ReleaseSpec, inputs: _Inputs, out: Path) -> Step:
             "config_changes": result.config_changes,
             "dequantized_base": result.dequantized_base,
         }
+        if fused:  # only then, so records (and fingerprints) of checkpoint releases stay as they were
+            record["fused"] = True
         return StepOutput(files=[p for p in target.iterdir() if p.is_file()], record=record)
 
     external = {"base": _stat_fingerprint(inputs.base.path)}
@@ -165,19 +188,38 @@ def _merge_step(spec: ReleaseSpec, inputs: _Inputs, out: Path) -> Step:
     config = {"dir": _merged_dir(spec), "allow_pickle": spec.allow_pickle, "trust_remote_code": spec.trust_remote_code}
     if spec.dequantize_base:  # only when set, so the merges of existing releases keep their fingerprints
         config["dequantize_base"] = True
+    if fused:  # a different output (no weights): switching routes must re-run the merge, not verify-and-skip it
+        config["fused"] = True
     return Step(
-        "merge", run, config=config, external=external, memory_bytes=512 * _MiB, disk_bytes=inputs.weights_bytes
+        "merge",
+        run,
+        config=config,
+        external=external,
+        memory_bytes=512 * _MiB,
+        disk_bytes=_MiB if fused else inputs.weights_bytes,
+        title="merge (fused: config only)" if fused else "",
     )
 
 
-def _reference_step(spec: ReleaseSpec, inputs: _Inputs, out: Path) -> Step:
+def _reference_step(spec: ReleaseSpec, inputs: _Inputs, out: Path, fused: bool) -> Step:
     target = _inside(out, ".work/hf-reference.npz", "verification reference")
 
     def run(ctx: StepContext) -> StepOutput:
         from kollm.manifest import atomic_path
         from kollm.release import verify_gguf
 
-        reference = verify_gguf.hf_reference(ctx.out / ctx.record("merge")["dir"], spec.verify.prompts)
+        model_dir = ctx.out / ctx.record("merge")["dir"]
+        model = None
+        if fused:  # no checkpoint to load: the same merged bytes, built in memory
+            from kollm.release import merge, merged_model
+
+            model = merged_model.load_merged(
+                merge.MergeConfig(),
+                base=inputs.base.path,
+                adapters=[a.path for a in inputs.adapters],
+                config_dir=model_dir,
+            )
+        reference = verify_gguf.hf_reference(model_dir, spec.verify.prompts, model=model)
         with atomic_path(target) as tmp:
             verify_gguf.save_reference(reference, tmp)
         return StepOutput(files=[target])
@@ -202,7 +244,7 @@ def _imatrix_types(spec: ReleaseSpec) -> list[str]:
     return [t for t in spec.exports.gguf if t in GGUF_K_QUANT_TYPES] if spec.exports.gguf_imatrix else []
 
 
-def _gguf_steps(spec: ReleaseSpec, inputs: _Inputs, out: Path) -> list[Step]:
+def _gguf_steps(spec: ReleaseSpec, inputs: _Inputs, out: Path, fused: bool) -> list[Step]:
     from kollm.release.gguf import file_name
 
     types = spec.exports.gguf
@@ -221,7 +263,15 @@ def _gguf_steps(spec: ReleaseSpec, inputs: _Inputs, out: Path) -> list[Step]:
             model_dir = ctx.out / ctx.record("merge")["dir"]
             pre = spec.gguf_pre_tokenizer or resolve_pre_tokenizer(model_dir)
             converter = ensure_converter()
-            item = gguf.convert_one(model_dir, target, gguf_type, pre_tokenizer=pre, converter_root=converter.root)
+            merge_inputs = (inputs.base.path, [a.path for a in inputs.adapters]) if fused else None
+            item = gguf.convert_one(
+                model_dir,
+                target,
+                gguf_type,
+                pre_tokenizer=pre,
+                converter_root=converter.root,
+                merge_inputs=merge_inputs,
+            )
             ctx.progress(1, 1)
             record = {"pre_tokenizer": pre, "converter": converter.origin, **_gguf_record(item)}
             return StepOutput(files=[target], record=record)
@@ -234,6 +284,7 @@ def _gguf_steps(spec: ReleaseSpec, inputs: _Inputs, out: Path) -> list[Step]:
             config={"name": spec.name, "type": gguf_type, "pre": spec.gguf_pre_tokenizer, "path": str(target)},
             memory_bytes=inputs.weights_bytes + 512 * _MiB,
             disk_bytes=int(inputs.weights_bytes * ratio),
+            title=f"gguf-{gguf_type} (fused merge)" if fused else "",
         )
 
     def quantize(gguf_type: str, target: Path, *, imatrix: bool, name: str) -> Step:
@@ -612,6 +663,7 @@ def _manifest_step(spec: ReleaseSpec, inputs: _Inputs, out: Path, spec_path: Pat
                 "engine": "kollm-streaming",
                 "config_changes": merge_record["config_changes"],
                 "dequantized_base": merge_record.get("dequantized_base"),  # absent in merges recorded before it
+                "fused_gguf": merge_record.get("fused", False),
             },
             "gguf": _gguf_provenance(spec, ctx, first_gguf),
             "tools": tool_versions(*_TOOLS),
@@ -709,10 +761,11 @@ def build_steps(spec: ReleaseSpec, *, spec_path: Path | None = None, inputs: _In
         # Bad gates, unknown suites and missing offline data fail here, before anything is built.
         release_gates.prepare(_gate_config(spec), artifact_names=["merged", *spec.exports.gguf])
     inputs = inputs or _resolve_inputs(spec)
-    steps = [_merge_step(spec, inputs, out)]
+    fused = fused_gguf(spec, inputs.base.path)
+    steps = [_merge_step(spec, inputs, out, fused)]
     if spec.exports.gguf:
-        steps.append(_reference_step(spec, inputs, out))
-        steps += _gguf_steps(spec, inputs, out)
+        steps.append(_reference_step(spec, inputs, out, fused))
+        steps += _gguf_steps(spec, inputs, out, fused)
         steps += [_verify_step(spec, inputs, t) for t in spec.exports.gguf]
     if spec.exports.gptq:
         steps.append(_hf_export_step(spec, inputs, out, "gptq"))

@@ -15,13 +15,16 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kollm.errors import VerificationError
 from kollm.llamacpp import open_llama
 from kollm.models import PARITY_TEXTS
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +59,20 @@ class GgufCheck:
     checks: dict[str, Any] = field(default_factory=dict)
 
 
-def hf_reference(model_dir: Path, prompts: list[str]) -> Reference:
-    """Run the merged HF model (in float32) on the prompts and tokenize the parity strings."""
+def hf_reference(model_dir: Path, prompts: list[str], *, model: PreTrainedModel | None = None) -> Reference:
+    """Run the merged HF model (in float32) on the prompts and tokenize the parity strings.
+
+    Args:
+        model_dir: the merged checkpoint; or, with ``model``, its config and tokenizer files only.
+        prompts: texts whose next-token logits are recorded.
+        model: the merged model already in memory (the fused path, ``merged_model.load_merged``).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
     prompt_ids, logits = [], []
     with torch.no_grad():

@@ -27,6 +27,7 @@ class BaseCase:
     num_layers: int = 2
     max_shard_size: str | None = None  # e.g. "100KB" to force several shards
     seed: int = 0
+    initializer_range: float = 0.1  # 0.02 keeps deep, wide bases' logits small enough for f16 GGUF checks
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def make_base(case: BaseCase, out: Path, *, tokenizer_from: Path | None = None) 
         num_key_value_heads=2,
         max_position_embeddings=256,
         tie_word_embeddings=case.tied,
-        initializer_range=0.1,
+        initializer_range=case.initializer_range,
     )
     torch.manual_seed(case.seed)
     model = Qwen2ForCausalLM(config).to(getattr(torch, case.dtype))
