@@ -1,113 +1,18 @@
-"""The release's quantized exports beyond GGUF (GPTQ, bnb 4-bit) and the quality report over all exports.
+"""The release's quality report: every recorded export (GGUF, GPTQ, bnb 4-bit) measured against the merge.
 
-Composes ``gptq``, ``bnb`` and ``quality`` for the pipeline: each export is verified and recorded with its
-sha256, checks and time; the report then measures every export (GGUF included) against the merged model.
+The exports themselves are pipeline steps (``kollm.release.pipeline``); this turns their artifact records into
+``quality`` inputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from kollm.config import ReleaseSpec
-from kollm.manifest import ArtifactRecord, record_files
-from kollm.release import bnb, gptq, quality
+from kollm.manifest import ArtifactRecord
+from kollm.release import quality
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass
-class Line:
-    """One summary line for the pipeline's table."""
-
-    artifact: str
-    path: str
-    size: int
-    seconds: float
-    check: str
-
-
-@dataclass
-class QuantizedResult:
-    """Records for the manifest, summary lines, and the quality report when one was asked for."""
-
-    records: list[ArtifactRecord] = field(default_factory=list)
-    lines: list[Line] = field(default_factory=list)
-    quality: quality.QualityResult | None = None
-
-
-def _record(name: str, kind: str, root: Path, directory: Path, seconds: float, **extra: object) -> ArtifactRecord:
-    files = sorted(p for p in directory.rglob("*") if p.is_file())
-    return ArtifactRecord(
-        name=name,
-        kind=kind,
-        path=directory.relative_to(root).as_posix(),
-        files=record_files(root, files),
-        seconds=round(seconds, 3),
-        **extra,  # type: ignore[arg-type]
-    )
-
-
-def run_exports(spec: ReleaseSpec, *, merged_dir: Path, out: Path, progress: Progress | None = None) -> QuantizedResult:
-    """Write and verify the GPTQ and bnb-4bit exports a spec asks for.
-
-    Args:
-        spec: the release spec (``exports.gptq``, ``exports.bnb_4bit``, ``verify.prompts``).
-        merged_dir: the merged 16-bit checkpoint.
-        out: the release output directory (exports go to ``<out>/gptq-w4a16`` and ``<out>/bnb-nf4``).
-        progress: called with (done, total) after each export.
-
-    Returns:
-        Manifest records and summary lines.
-
-    Raises:
-        ToolMissingError, CalibrationDataError, QuantizationError, VerificationError.
-    """
-    result = QuantizedResult()
-    total = int(spec.exports.gptq) + int(spec.exports.bnb_4bit)
-    if spec.exports.gptq:
-        cfg = gptq.GptqConfig(calibration=spec.exports.gptq_calibration, num_samples=spec.exports.gptq_samples)
-        done = gptq.run(cfg, model_dir=merged_dir, out_dir=out / "gptq-w4a16")
-        checks = gptq.verify(done.out_dir, spec.verify.prompts)
-        record = _record(
-            "gptq-w4a16",
-            "gptq",
-            out,
-            done.out_dir,
-            done.seconds,
-            checks=checks,
-            details={
-                "format": "compressed-tensors pack-quantized",
-                "scheme": gptq.SCHEME,
-                "group_size": gptq.GROUP_SIZE,
-                "calibration": done.calibration,
-                "calibration_samples": done.samples,
-                "serve": "vLLM detects the format from config.json; do not pass --quantization",
-            },
-        )
-        result.records.append(record)
-        result.lines.append(Line("gptq w4a16", record.path, record.size, done.seconds, "ok, reloads + generates"))
-        if progress:
-            progress(1, total)
-    if spec.exports.bnb_4bit:
-        done_b = bnb.run(
-            bnb.BnbConfig(), model_dir=merged_dir, out_dir=out / "bnb-nf4", probe_texts=spec.verify.prompts
-        )
-        record = _record(
-            "bnb-nf4",
-            "bnb-4bit",
-            out,
-            done_b.out_dir,
-            done_b.seconds,
-            checks=done_b.checks,
-            details={"quantization_config": done_b.quantization_config},
-        )
-        result.records.append(record)
-        result.lines.append(Line("bnb nf4", record.path, record.size, done_b.seconds, "ok, reload logits identical"))
-        if progress:
-            progress(total, total)
-    return result
 
 
 def run_report(
