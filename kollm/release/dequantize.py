@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kollm.errors import DequantizeError, ToolMissingError
-from kollm.release.safetensors_io import PlannedTensor, ShardWriter, TensorInfo, index_checkpoint, iter_row_blocks
+from kollm.release.safetensors_io import (
+    PlannedTensor,
+    ShardWriter,
+    TensorInfo,
+    index_checkpoint,
+    iter_row_blocks,
+    read_exact,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -186,14 +193,6 @@ def _tensor(info: TensorInfo) -> torch.Tensor:
 
 def _read(info: TensorInfo, start: int, size: int) -> bytearray:
     # Plain reads, no mmap: resident memory stays what is being converted (as in the merge's reader).
-    buf = bytearray(size)
     with info.file.open("rb", buffering=0) as fh:
         fh.seek(start)
-        view = memoryview(buf)
-        got = 0
-        while got < size:
-            n = fh.readinto(view[got:])
-            if not n:
-                raise OSError(f"{info.file} ended early: wanted {size} bytes at {start}, got {got}")
-            got += n
-    return buf
+        return read_exact(fh, size)

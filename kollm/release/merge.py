@@ -36,6 +36,7 @@ from kollm.release.safetensors_io import (
     index_checkpoint,
     iter_row_blocks,
     plan_shards,
+    read_exact,
     shard_names,
 )
 from kollm.release.write_behind import WriteBehind
@@ -101,10 +102,10 @@ class _HashingReader:
         if start < self.pos:  # a second read of the same bytes (an untied lm_head copied from embeddings)
             with open(self.fh.name, "rb") as other:
                 other.seek(start)
-                return _read_exact(other, size)
+                return read_exact(other, size)
         if start > self.pos:
             self._consume(start - self.pos)
-        data = _read_exact(self.fh, size)
+        data = read_exact(self.fh, size)
         self.sink.submit(self.digest.update, data)
         self.pos = start + size
         return data
@@ -178,7 +179,7 @@ class TensorReader:
         if fh is None:
             fh = self._files[info.file] = info.file.open("rb", buffering=0)
         fh.seek(info.start + start * info.row_bytes)
-        return _read_exact(fh, count * info.row_bytes)
+        return read_exact(fh, count * info.row_bytes)
 
     def __enter__(self) -> TensorReader:
         return self
@@ -193,21 +194,8 @@ def _read(reader: _HashingReader | None, info: TensorInfo, start: int, count: in
     if reader is None:  # adapter tensors (modules_to_save) are read directly
         with info.file.open("rb") as fh:
             fh.seek(info.start + start * info.row_bytes)
-            return _read_exact(fh, count * info.row_bytes)
+            return read_exact(fh, count * info.row_bytes)
     return reader.read_at(info.start + start * info.row_bytes, count * info.row_bytes)
-
-
-def _read_exact(fh: BinaryIO, size: int) -> bytearray:
-    # readinto a fresh buffer: torch can wrap it without a copy, and no second bytes object is built.
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    while got < size:
-        n = fh.readinto(view[got:])
-        if not n:
-            raise OSError(f"{fh.name} ended early: wanted {size} bytes, got {got}")
-        got += n
-    return buf
 
 
 def _copy_side_files(base: Path, adapters: list[Adapter], out: Path, *, trust_remote_code: bool) -> None:

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kollm.release.safetensors_io import TensorInfo
+from kollm.release.safetensors_io import TensorInfo, read_exact
 
 if TYPE_CHECKING:
     import torch
@@ -91,10 +91,9 @@ def encode(values: torch.Tensor, dtype: str) -> memoryview:
 
 def read_matrix(info: TensorInfo) -> torch.Tensor:
     """A whole (small) float tensor as float32, e.g. a LoRA A or B matrix."""
-    with info.file.open("rb") as fh:
+    with info.file.open("rb", buffering=0) as fh:
         fh.seek(info.start)
-        raw = bytearray(info.nbytes)
-        fh.readinto(raw)
+        raw = read_exact(fh, info.nbytes)
     return decode(raw, info.dtype, info.shape)
 
 

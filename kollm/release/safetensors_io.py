@@ -13,6 +13,7 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -168,3 +169,17 @@ def iter_row_blocks(info: TensorInfo, max_block_bytes: int) -> Iterator[tuple[in
     per_block = max(1, max_block_bytes // max(1, info.row_bytes))
     for start in range(0, rows, per_block):
         yield start, min(per_block, rows - start)
+
+
+def read_exact(fh: BinaryIO, size: int) -> bytearray:
+    """Exactly ``size`` bytes from ``fh``'s position into a fresh buffer (OSError if the file ends first)."""
+    # readinto a fresh buffer: torch can wrap it without a copy, and no second bytes object is built.
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = fh.readinto(view[got:])
+        if not n:
+            raise OSError(f"{fh.name} ended early: wanted {size} bytes, got {got}")
+        got += n
+    return buf
